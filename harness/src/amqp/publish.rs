@@ -1,0 +1,80 @@
+//! Publishing what a sensor would (audio chunks) and what a broken producer might (raw bytes with
+//! chosen headers), always with publisher confirms: a message is "published" once confirmed.
+
+use anyhow::Context;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
+use services::contract::{AudioChunk, HEADER_SCHEMA, HEADER_SENSOR_ID, MessageKind};
+use services::topology::Names;
+
+/// A confirm-mode channel bound to one pipeline's names.
+#[derive(Clone)]
+pub struct Publisher {
+    /// Confirm-mode channel on the harness's connection.
+    channel: Channel,
+    /// Where the pipeline's queues and exchanges are.
+    names: Names,
+}
+
+/// A message exactly as a (possibly broken) producer sends it.
+#[derive(Debug, Clone, Default)]
+pub struct RawMessage {
+    pub body: Vec<u8>,
+    /// AMQP `message_id` property; lets a step find the message in a DLQ when the body is garbage.
+    pub message_id: Option<String>,
+    /// `x-sensor-id` header (attribution of unparseable bodies).
+    pub sensor_id: Option<String>,
+    pub content_type: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Publisher {
+    pub async fn new(conn: &lapin::Connection, names: Names) -> anyhow::Result<Self> {
+        let channel = services::amqp::confirm_channel(conn).await.context("opening a confirm channel")?;
+        services::topology::audio_stream(&channel, &names).await.context("declaring the audio_stream queue")?;
+        Ok(Self { channel, names })
+    }
+
+    /// Publishes a valid chunk to the work queue.
+    pub async fn chunk(&self, chunk: &AudioChunk) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(chunk)?;
+        let props = services::amqp::json_properties(
+            &chunk.message_id.to_string(),
+            MessageKind::AudioChunk.schema_header(),
+            &chunk.sensor_id,
+        );
+        services::amqp::publish_confirmed(&self.channel, "", &self.names.audio_stream(), &body, props)
+            .await
+            .with_context(|| format!("publishing chunk {} of {}", chunk.sequence, chunk.sensor_id))
+    }
+
+    /// Publishes arbitrary bytes to the work queue.
+    pub async fn raw(&self, msg: &RawMessage) -> anyhow::Result<()> {
+        let queue = self.names.audio_stream();
+        self.raw_to("", &queue, msg).await
+    }
+
+    /// Publishes arbitrary bytes to an exchange (e.g. a fanout, to test a consumer's DLQ).
+    pub async fn raw_to(&self, exchange: &str, routing_key: &str, msg: &RawMessage) -> anyhow::Result<()> {
+        let mut headers = FieldTable::default();
+        if let Some(s) = &msg.sensor_id {
+            headers.insert(HEADER_SENSOR_ID.into(), AMQPValue::LongString(s.as_str().into()));
+        }
+        headers.insert(HEADER_SCHEMA.into(), AMQPValue::LongString(MessageKind::AudioChunk.schema_header().into()));
+        for (k, v) in &msg.headers {
+            headers.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
+        }
+        let mut props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+        if let Some(id) = &msg.message_id {
+            props = props.with_message_id(id.as_str().into());
+        }
+        props = props.with_content_type(msg.content_type.as_deref().unwrap_or("application/json").into());
+        services::amqp::publish_confirmed(&self.channel, exchange, routing_key, &msg.body, props)
+            .await
+            .with_context(|| format!("publishing {} raw bytes to {exchange:?}/{routing_key:?}", msg.body.len()))
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+}

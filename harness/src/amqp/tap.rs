@@ -1,0 +1,277 @@
+//! Taps: before anything is published, an exclusive auto-delete queue is bound to each fanout and
+//! every DLQ is consumed; each message is buffered with its arrival time (push-based, no polling of
+//! the broker). Steps then query the buffer: wait for the first match, for exactly N, or for none
+//! within a window. Feature messages are validated against the contract schemas on arrival, so a
+//! violation is on record even if no step looks at that message.
+
+use anyhow::bail;
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::Value;
+use services::contract::MessageKind;
+use services::topology::{self, Names};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Where a captured message was seen.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Source {
+    FeatureA,
+    FeatureB,
+    /// A dead-letter queue, by full name.
+    Dlq(String),
+}
+
+/// One message as the tap saw it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Captured {
+    pub source: Source,
+    /// Body parsed as JSON, when it is JSON.
+    pub json: Option<Value>,
+    /// Body as text (lossy), for messages that are not JSON.
+    pub text: String,
+    /// String-valued AMQP headers.
+    pub headers: BTreeMap<String, String>,
+    /// The AMQP `message_id` property.
+    pub amqp_message_id: Option<String>,
+    /// Time since the tap started, for per-hop latency.
+    #[serde(skip)]
+    pub arrived: Instant,
+    pub arrived_at: chrono::DateTime<chrono::Utc>,
+    /// Contract violations found on arrival (feature messages only).
+    pub schema_errors: Vec<String>,
+}
+
+impl Captured {
+    /// The sensor a message belongs to: from the body, else the `x-sensor-id` header.
+    pub fn sensor_id(&self) -> Option<&str> {
+        self.json
+            .as_ref()
+            .and_then(|j| j.get("sensor_id"))
+            .and_then(Value::as_str)
+            .or_else(|| self.headers.get(services::contract::HEADER_SENSOR_ID).map(String::as_str))
+    }
+    pub fn field(&self, pointer: &str) -> Option<&Value> {
+        self.json.as_ref()?.pointer(pointer)
+    }
+    pub fn str_field(&self, pointer: &str) -> Option<&str> {
+        self.field(pointer)?.as_str()
+    }
+    /// One line for diagnostics.
+    pub fn summary(&self) -> String {
+        let reason = self.headers.get(services::contract::HEADER_DLQ_REASON).map(|r| format!(" reason={r}")).unwrap_or_default();
+        let body = match &self.json {
+            Some(j) => {
+                let mut s = j.to_string();
+                if s.len() > 240 {
+                    s.truncate(240);
+                    s.push('…');
+                }
+                s
+            }
+            None => format!("{:?}", self.text.chars().take(80).collect::<String>()),
+        };
+        format!("[{:?}{reason}] {body}", self.source)
+    }
+}
+
+struct Inner {
+    /// Everything captured so far, in arrival order.
+    messages: Mutex<Vec<Captured>>,
+    /// Wakes waiters when a message arrives.
+    notify: Notify,
+    /// Names the tap listens on (for diagnostics).
+    names: Names,
+}
+
+/// A running tap over one pipeline namespace. Cheap to clone.
+#[derive(Clone)]
+pub struct Tap {
+    inner: Arc<Inner>,
+    /// Keeps the tap's connection (and so its exclusive queues) alive.
+    _conn: Arc<lapin::Connection>,
+}
+
+impl Tap {
+    /// Binds the fanout taps and starts consuming the DLQs; returns once all consumers are live,
+    /// so anything published afterwards is captured.
+    pub async fn start(amqp_url: &str, names: &Names) -> anyhow::Result<Tap> {
+        let conn = super::connect(amqp_url, "qa-tap").await?;
+        let inner = Arc::new(Inner { messages: Mutex::new(Vec::new()), notify: Notify::new(), names: names.clone() });
+        for (exchange, source) in [(names.features_a(), Source::FeatureA), (names.features_b(), Source::FeatureB)] {
+            let ch = conn.create_channel().await?;
+            topology::fanout(&ch, &exchange).await?;
+            let q = ch
+                .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+                .await?;
+            ch.queue_bind(q.name().clone(), exchange.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+                .await?;
+            spawn_consumer(ch, q.name().as_str().to_string(), source, inner.clone()).await?;
+        }
+        let dlqs = [
+            names.audio_stream_dlq(),
+            Names::dlq_of(&names.algorithm_b_queue()),
+            Names::dlq_of(&names.writer_queue_a()),
+            Names::dlq_of(&names.writer_queue_b()),
+            names.rest_api_dlq(),
+        ];
+        for dlq in dlqs {
+            let ch = conn.create_channel().await?;
+            topology::durable_queue(&ch, &dlq).await?;
+            spawn_consumer(ch, dlq.clone(), Source::Dlq(dlq), inner.clone()).await?;
+        }
+        Ok(Tap { inner, _conn: Arc::new(conn) })
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.inner.names
+    }
+
+    /// A snapshot of every captured message matching `pred`.
+    pub fn matching(&self, pred: impl Fn(&Captured) -> bool) -> Vec<Captured> {
+        self.inner.messages.lock().expect("tap lock").iter().filter(|m| pred(m)).cloned().collect()
+    }
+
+    /// Waits until at least `count` messages match (returns as soon as they do). On timeout the
+    /// error names what was expected, how many matched, and the messages seen for `scope`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        count: usize,
+        deadline: Duration,
+        scope: impl Fn(&Captured) -> bool,
+        pred: impl Fn(&Captured) -> bool,
+    ) -> anyhow::Result<Vec<Captured>> {
+        let started = Instant::now();
+        loop {
+            let notified = self.inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let found = self.matching(&pred);
+            if found.len() >= count {
+                note(what, started, true);
+                return Ok(found);
+            }
+            let remaining = deadline.saturating_sub(started.elapsed());
+            if remaining.is_zero() || tokio::time::timeout(remaining, notified).await.is_err() {
+                let found = self.matching(&pred);
+                if found.len() >= count {
+                    return Ok(found);
+                }
+                note(what, started, false);
+                bail!(
+                    "timed out after {:.1}s waiting for {what}\n  expected: at least {count} matching message(s)\n  actual: {} matching\n  seen in this scenario's namespace:\n{}",
+                    started.elapsed().as_secs_f64(),
+                    found.len(),
+                    self.describe(&scope)
+                );
+            }
+        }
+    }
+
+    /// Fails as soon as a message matching `pred` arrives within `window`; else Ok after it.
+    /// The wait is the point of this check (absence can only be shown by waiting).
+    pub async fn none_within(&self, what: &str, window: Duration, pred: impl Fn(&Captured) -> bool) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let notified = self.inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let found = self.matching(&pred);
+            if let Some(m) = found.first() {
+                bail!(
+                    "expected no {what} within {:.1}s, but {} arrived after {:.2}s; first: {}",
+                    window.as_secs_f64(),
+                    found.len(),
+                    started.elapsed().as_secs_f64(),
+                    m.summary()
+                );
+            }
+            let remaining = window.saturating_sub(started.elapsed());
+            if remaining.is_zero() || tokio::time::timeout(remaining, notified).await.is_err() {
+                if let Some(m) = self.matching(&pred).first() {
+                    bail!("expected no {what} within {:.1}s, but one arrived: {}", window.as_secs_f64(), m.summary());
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Up to 20 captured messages for `scope`, one per line, for diagnostics.
+    pub fn describe(&self, scope: impl Fn(&Captured) -> bool) -> String {
+        let seen = self.matching(scope);
+        if seen.is_empty() {
+            return "    (nothing)".into();
+        }
+        let mut lines: Vec<String> = seen.iter().rev().take(20).map(|m| format!("    {}", m.summary())).collect();
+        lines.reverse();
+        if seen.len() > 20 {
+            lines.insert(0, format!("    … {} earlier messages", seen.len() - 20));
+        }
+        lines.join("\n")
+    }
+}
+
+async fn spawn_consumer(ch: lapin::Channel, queue: String, source: Source, inner: Arc<Inner>) -> anyhow::Result<()> {
+    let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut consumer = ch.basic_consume(queue.as_str().into(), "".into(), opts, FieldTable::default()).await?;
+    tokio::spawn(async move {
+        // The channel must live as long as the consumer.
+        let _ch = ch;
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let captured = capture(&source, &delivery);
+            inner.messages.lock().expect("tap lock").push(captured);
+            inner.notify.notify_waiters();
+        }
+    });
+    Ok(())
+}
+
+fn capture(source: &Source, d: &lapin::message::Delivery) -> Captured {
+    let json: Option<Value> = serde_json::from_slice(&d.data).ok();
+    let mut headers = BTreeMap::new();
+    if let Some(h) = d.properties.headers() {
+        for (k, v) in h.inner() {
+            let s = match v {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                AMQPValue::ShortString(s) => s.as_str().to_string(),
+                other => format!("{other:?}"),
+            };
+            headers.insert(k.as_str().to_string(), s);
+        }
+    }
+    let kind = match source {
+        Source::FeatureA => Some(MessageKind::FeatureA),
+        Source::FeatureB => Some(MessageKind::FeatureB),
+        Source::Dlq(_) => None,
+    };
+    let schema_errors = match (kind, &json) {
+        (Some(k), Some(v)) => crate::json_match::validate_contract(k, v).err().unwrap_or_default(),
+        (Some(_), None) => vec!["body is not JSON".into()],
+        _ => Vec::new(),
+    };
+    Captured {
+        source: source.clone(),
+        text: String::from_utf8_lossy(&d.data).chars().take(4096).collect(),
+        json,
+        headers,
+        amqp_message_id: d.properties.message_id().as_ref().map(|s| s.as_str().to_string()),
+        arrived: Instant::now(),
+        arrived_at: chrono::Utc::now(),
+        schema_errors,
+    }
+}
+
+/// Tap waits go into the same convergence log as `eventually`.
+fn note(what: &str, started: Instant, ok: bool) {
+    crate::eventually::record(crate::eventually::ConvergenceRecord {
+        what: what.to_string(),
+        scope: None,
+        attempts: 1,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        ok,
+    });
+}

@@ -1,0 +1,211 @@
+//! Live state of a run (never configuration): the broker connection, the database, the pipelines
+//! under test and their processes. In the local profile the run owns everything it starts: a
+//! broker namespace `qa-<run id>`, a database `apq_qa_<run id>`, and the service processes; all
+//! are removed at the end. In the external profile it only connects.
+
+use crate::amqp::{self, Publisher, Tap};
+use crate::api::ApiClient;
+use crate::config::{Config, Profile};
+use crate::sql::Db;
+use crate::sut::{Component, Processes};
+use anyhow::{Context, bail};
+use services::topology::Names;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// One pipeline under test: its names, taps, publisher, API client and (local) processes.
+pub struct Pipeline {
+    /// Broker names of this pipeline (its namespace).
+    pub names: Names,
+    /// Captures everything on its fanouts and DLQs.
+    pub tap: Tap,
+    /// Publishes chunks and raw messages to its work queue.
+    pub publisher: Publisher,
+    /// Its REST API, when one runs.
+    pub api: Option<ApiClient>,
+    /// Its processes (local profile only).
+    pub procs: Option<Processes>,
+    /// Env every process of this pipeline gets.
+    pub service_env: Vec<(String, String)>,
+    /// The connection the publisher uses (kept for clean-up).
+    conn: Arc<lapin::Connection>,
+}
+
+impl Pipeline {
+    pub fn procs(&self) -> anyhow::Result<&Processes> {
+        self.procs.as_ref().context("this pipeline is not controlled by the harness (external profile)")
+    }
+    pub fn api(&self) -> anyhow::Result<&ApiClient> {
+        self.api.as_ref().context("this pipeline has no REST API running")
+    }
+
+    /// Starts `n` more instances of a component, and points the API client at a new API.
+    pub async fn start(&mut self, component: Component, n: usize, extra_env: &[(String, String)]) -> anyhow::Result<Vec<String>> {
+        let ids = self.procs()?.start(component, n, extra_env).await?;
+        if component == Component::RestApi && self.api.is_none() {
+            let port = self.procs()?.http_port(Component::RestApi).context("the REST API announced no port")?;
+            let token = token_of(&self.service_env);
+            self.api = Some(ApiClient::new(&format!("http://127.0.0.1:{port}"), Some(token))?);
+        }
+        Ok(ids)
+    }
+
+    /// Stops its processes and deletes its broker topology.
+    pub async fn teardown(&self) {
+        if let Some(p) = &self.procs {
+            p.stop_all().await;
+            amqp::delete_namespace(&self.conn, &self.names).await;
+        }
+    }
+}
+
+fn token_of(env: &[(String, String)]) -> String {
+    env.iter()
+        .find(|(k, _)| k == "APQ_API_TOKENS")
+        .and_then(|(_, v)| v.split(',').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The whole run.
+pub struct Env {
+    pub config: Config,
+    /// Short random id; prefixes namespaces, databases and sensor ids.
+    pub run_id: String,
+    /// The harness's own database connection (the SUT's database).
+    pub db: Db,
+    /// The SUT's database URL.
+    pub database_url: String,
+    /// The pipeline every scenario shares.
+    pub shared: Pipeline,
+    /// The per-run database we created (local profile), dropped at the end.
+    created_db: Option<String>,
+    /// The broker connection for publishers and clean-up.
+    conn: Arc<lapin::Connection>,
+}
+
+impl Env {
+    /// Connects (external) or creates and starts everything (local).
+    pub async fn start(config: Config) -> anyhow::Result<Env> {
+        let run_id = format!("{:08x}", rand::random::<u32>());
+        let conn = Arc::new(amqp::connect(&config.amqp_url, "qa-harness").await?);
+        match config.profile {
+            Profile::External => {
+                let names = Names::new(&config.namespace);
+                let db = Db::connect(&config.database_url).await.context("connecting to the SUT database")?;
+                let tap = Tap::start(&config.amqp_url, &names).await?;
+                let publisher = Publisher::new(&conn, names.clone()).await?;
+                let api = ApiClient::new(config.api_url.as_deref().expect("validated"), config.api_token.clone())?;
+                let shared = Pipeline { names, tap, publisher, api: Some(api), procs: None, service_env: vec![], conn: conn.clone() };
+                Ok(Env { database_url: config.database_url.clone(), config, run_id, db, shared, created_db: None, conn })
+            }
+            Profile::Local => {
+                let db_name = format!("apq_qa_{run_id}");
+                crate::sql::create_database(&config.database_url, &db_name).await?;
+                let database_url = with_database(&config.database_url, &db_name)?;
+                let db = Db::connect(&database_url).await?;
+                let namespace = format!("qa-{run_id}");
+                let token = format!("qa-token-{run_id}");
+                let service_env = vec![
+                    ("APQ_AMQP_URL".to_string(), config.amqp_url.clone()),
+                    ("APQ_DATABASE_URL".to_string(), database_url.clone()),
+                    ("APQ_API_TOKENS".to_string(), token),
+                    ("APQ_API_BIND".to_string(), "127.0.0.1:0".to_string()),
+                    ("APQ_API_RATE_LIMIT_PER_SEC".to_string(), "5000".to_string()),
+                    ("APQ_API_RATE_LIMIT_BURST".to_string(), "10000".to_string()),
+                    ("APQ_WRITER_FLUSH_INTERVAL_MS".to_string(), "5".to_string()),
+                ];
+                let mut env = Env {
+                    shared: new_local_pipeline(&config, &conn, &namespace, service_env, &run_id).await?,
+                    database_url,
+                    config,
+                    run_id,
+                    db,
+                    created_db: Some(db_name),
+                    conn,
+                };
+                let shared = &mut env.shared;
+                for c in [Component::DataWriter, Component::AlgorithmA, Component::AlgorithmB, Component::RestApi] {
+                    shared.start(c, 1, &[]).await.with_context(|| format!("starting {}", c.subcommand()))?;
+                }
+                Ok(env)
+            }
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.config.profile == Profile::Local
+    }
+
+    /// A pipeline of the scenario's own (local profile): its own broker namespace, the run's
+    /// database, and only the processes the scenario starts. Lets a scenario kill, scale or break
+    /// components without disturbing concurrent scenarios.
+    pub async fn private_pipeline(&self, slug: &str, extra_env: &[(String, String)]) -> anyhow::Result<Pipeline> {
+        if !self.is_local() {
+            bail!("private pipelines need the local profile (tag the scenario @needs-sut-control)");
+        }
+        let namespace = format!("qa-{}-{slug}", self.run_id);
+        let mut env = self.shared.service_env.clone();
+        for (k, v) in extra_env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        new_local_pipeline(&self.config, &self.conn, &namespace, env, slug).await
+    }
+
+    /// Stops everything the run started and drops its database.
+    pub async fn shutdown(&self) {
+        self.shared.teardown().await;
+        if let Some(name) = &self.created_db {
+            if let Err(e) = crate::sql::drop_database(&self.config.database_url, name).await {
+                eprintln!("warning: could not drop run database {name}: {e:#}");
+            }
+        }
+    }
+
+    pub fn report_dir(&self) -> PathBuf {
+        self.config.report_dir.clone()
+    }
+}
+
+async fn new_local_pipeline(
+    config: &Config,
+    conn: &Arc<lapin::Connection>,
+    namespace: &str,
+    mut service_env: Vec<(String, String)>,
+    id_prefix: &str,
+) -> anyhow::Result<Pipeline> {
+    let names = Names::new(namespace);
+    service_env.retain(|(k, _)| k != "APQ_NAMESPACE");
+    service_env.push(("APQ_NAMESPACE".into(), namespace.into()));
+    let bin = config.services_bin.clone().context("the local profile needs the services binary (QA_SERVICES_BIN)")?;
+    let log_dir = config.report_dir.join("sut-logs").join(namespace);
+    let procs = Processes::new(bin, service_env.clone(), log_dir, id_prefix)?;
+    // Taps first: they declare the fanouts, and must exist before anything is published.
+    let tap = Tap::start(&config.amqp_url, &names).await?;
+    let publisher = Publisher::new(conn, names.clone()).await?;
+    Ok(Pipeline { names, tap, publisher, api: None, procs: Some(procs), service_env, conn: conn.clone() })
+}
+
+/// The same libpq URL with another database name.
+pub fn with_database(url: &str, db: &str) -> anyhow::Result<String> {
+    let scheme_end = url.find("://").context("database URL has no scheme")? + 3;
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let host_end = base[scheme_end..].find('/').map(|i| scheme_end + i).unwrap_or(base.len());
+    Ok(format!("{}/{db}{query}", &base[..host_end]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(with_database("postgres://u@h:5432/postgres", "x").unwrap(), "postgres://u@h:5432/x");
+        assert_eq!(with_database("postgres://u@h/a?sslmode=disable", "x").unwrap(), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(with_database("postgres://u@h:1", "x").unwrap(), "postgres://u@h:1/x");
+    }
+}

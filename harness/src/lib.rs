@@ -1,0 +1,25 @@
+//! The harness: everything needed to test the audio pipeline as a black box reached by URLs.
+//! It knows nothing of cucumber or goose; `steps/` and `load/` build on it.
+//!
+//! Layout:
+//! - [`config`]: what the user sets (TOML profile + `QA_*` env); [`env`]: the live state of a run
+//!   (connections, pipelines, processes).
+//! - [`amqp`]: connect, publish, tap, delete — one file per verb.
+//! - [`sql`]: the SUT's table, read by contract; per-run databases.
+//! - [`api`]: typed REST client recording the last exchange.
+//! - [`eventually`]: the one retry primitive, with diagnostics and a convergence log.
+//! - [`json_match`]: exact/subset/tolerance matching and contract validation.
+//! - [`namespace`]: per-scenario sensor-id prefixes; [`sut`]: process control (local profile).
+//! - [`ledger`]: lineage and reconciliation; [`report`]: failure bundles and run reports.
+
+pub mod amqp;
+pub mod api;
+pub mod config;
+pub mod env;
+pub mod eventually;
+pub mod json_match;
+pub mod ledger;
+pub mod namespace;
+pub mod report;
+pub mod sql;
+pub mod sut;

@@ -1,0 +1,271 @@
+//! PostgreSQL access for assertions on the SUT's `features` table (its schema is part of the
+//! contract), plus seeding, clean-up, and per-run database creation.
+//!
+//! All values travel as parameters; only validated database names are ever spliced into SQL.
+
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio_postgres::{Client, Config, NoTls, Row};
+use uuid::Uuid;
+
+/// One row of the contract table, as the API serves it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureRow {
+    /// The feature message's id (unique: redeliveries must not add rows).
+    pub message_id: Uuid,
+    /// `A` or `B`.
+    pub feature_type: String,
+    /// The sensor that captured the audio.
+    pub sensor_id: String,
+    /// The audio chunk the feature derives from.
+    pub source_message_id: Uuid,
+    /// The chunk's per-sensor sequence number.
+    pub sequence: i64,
+    /// When the audio was captured.
+    pub captured_at: DateTime<Utc>,
+    /// The algorithm instance that produced it.
+    pub processed_by: String,
+    /// The message's `features` object.
+    pub features: Value,
+    /// When the row was written.
+    pub written_at: DateTime<Utc>,
+}
+
+impl FeatureRow {
+    /// The row as the API renders it: timestamps in RFC 3339 UTC with six fractional digits
+    /// (PostgreSQL's precision).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "message_id": self.message_id,
+            "feature_type": self.feature_type,
+            "sensor_id": self.sensor_id,
+            "source_message_id": self.source_message_id,
+            "sequence": self.sequence,
+            "captured_at": self.captured_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            "processed_by": self.processed_by,
+            "features": self.features,
+            "written_at": self.written_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        })
+    }
+
+    fn from_row(r: &Row) -> anyhow::Result<Self> {
+        Ok(FeatureRow {
+            message_id: r.try_get("message_id")?,
+            // CHAR(1) comes back padded to its length, which is already 1; trim defensively.
+            feature_type: r.try_get::<_, String>("feature_type")?.trim_end().to_owned(),
+            sensor_id: r.try_get("sensor_id")?,
+            source_message_id: r.try_get("source_message_id")?,
+            sequence: r.try_get("sequence")?,
+            captured_at: r.try_get("captured_at")?,
+            processed_by: r.try_get("processed_by")?,
+            features: r.try_get("features")?,
+            written_at: r.try_get("written_at")?,
+        })
+    }
+}
+
+/// The selected columns, in `FeatureRow` order.
+const COLUMNS: &str =
+    "message_id, feature_type, sensor_id, source_message_id, sequence, captured_at, processed_by, features, written_at";
+
+/// Stable order for listings: the API's history order.
+const ORDER: &str = "ORDER BY captured_at, message_id";
+
+/// Seeding inserts at most this many rows per statement.
+const INSERT_CHUNK: usize = 5_000;
+
+/// A connection to the SUT's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    /// Shared client; its connection task runs on the tokio runtime.
+    client: Arc<Client>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("closed", &self.client.is_closed()).finish()
+    }
+}
+
+impl Db {
+    /// Connects (without TLS) and spawns the connection task.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let config: Config = url.parse().context("parsing the PostgreSQL URL")?;
+        Self::connect_config(&config).await
+    }
+
+    /// Connects with an already built configuration.
+    pub async fn connect_config(config: &Config) -> anyhow::Result<Self> {
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .with_context(|| format!("connecting to PostgreSQL {:?} on {:?}", config.get_dbname(), config.get_hosts()))?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::warn!(error = %err, "PostgreSQL connection ended with an error");
+            }
+        });
+        Ok(Db { client: Arc::new(client) })
+    }
+
+    /// The raw client, for ad-hoc queries.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn rows(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> anyhow::Result<Vec<FeatureRow>> {
+        let rows = self.client.query(sql, params).await.with_context(|| format!("query: {sql}"))?;
+        rows.iter().map(FeatureRow::from_row).collect()
+    }
+
+    /// All rows of one sensor, oldest first.
+    pub async fn rows_for_sensor(&self, sensor_id: &str) -> anyhow::Result<Vec<FeatureRow>> {
+        let sql = format!("SELECT {COLUMNS} FROM features WHERE sensor_id = $1 {ORDER}");
+        self.rows(&sql, &[&sensor_id]).await
+    }
+
+    /// All rows whose sensor id starts with `prefix` (taken literally: `%` and `_` are escaped).
+    pub async fn rows_for_sensor_prefix(&self, prefix: &str) -> anyhow::Result<Vec<FeatureRow>> {
+        let sql = format!("SELECT {COLUMNS} FROM features WHERE sensor_id LIKE $1 ESCAPE '\\' {ORDER}");
+        self.rows(&sql, &[&like_prefix(prefix)]).await
+    }
+
+    /// Rows with this message id; a `Vec` so that a duplicate (a broken unique constraint) shows.
+    pub async fn rows_by_message_id(&self, message_id: Uuid) -> anyhow::Result<Vec<FeatureRow>> {
+        let sql = format!("SELECT {COLUMNS} FROM features WHERE message_id = $1 ORDER BY id");
+        self.rows(&sql, &[&message_id]).await
+    }
+
+    /// How many A and B rows derive from one audio chunk.
+    pub async fn count_by_source(&self, source_message_id: Uuid) -> anyhow::Result<(i64, i64)> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE feature_type = 'A'), count(*) FILTER (WHERE feature_type = 'B') \
+                 FROM features WHERE source_message_id = $1",
+                &[&source_message_id],
+            )
+            .await
+            .context("counting rows by source_message_id")?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
+    /// The row the API's `latest` should serve: newest by captured_at, sequence, message_id.
+    pub async fn newest_row(&self, sensor_id: &str, feature_type: &str) -> anyhow::Result<Option<FeatureRow>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM features WHERE sensor_id = $1 AND feature_type = $2 \
+             ORDER BY captured_at DESC, sequence DESC, message_id DESC LIMIT 1"
+        );
+        Ok(self.rows(&sql, &[&sensor_id, &feature_type]).await?.into_iter().next())
+    }
+
+    /// Inserts rows as given (including `written_at`), for seeding history. Each chunk of rows
+    /// is one statement, so a chunk lands entirely or not at all. Returns the rows inserted.
+    pub async fn insert_rows(&self, rows: &[FeatureRow]) -> anyhow::Result<u64> {
+        let mut inserted = 0;
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let message_ids: Vec<Uuid> = chunk.iter().map(|r| r.message_id).collect();
+            let types: Vec<&str> = chunk.iter().map(|r| r.feature_type.as_str()).collect();
+            let sensors: Vec<&str> = chunk.iter().map(|r| r.sensor_id.as_str()).collect();
+            let sources: Vec<Uuid> = chunk.iter().map(|r| r.source_message_id).collect();
+            let sequences: Vec<i64> = chunk.iter().map(|r| r.sequence).collect();
+            let captured: Vec<DateTime<Utc>> = chunk.iter().map(|r| r.captured_at).collect();
+            let processed_by: Vec<&str> = chunk.iter().map(|r| r.processed_by.as_str()).collect();
+            let features: Vec<&Value> = chunk.iter().map(|r| &r.features).collect();
+            let written: Vec<DateTime<Utc>> = chunk.iter().map(|r| r.written_at).collect();
+            inserted += self
+                .client
+                .execute(
+                    "INSERT INTO features (message_id, feature_type, sensor_id, source_message_id, sequence, \
+                     captured_at, processed_by, features, written_at) \
+                     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int8[], \
+                     $6::timestamptz[], $7::text[], $8::jsonb[], $9::timestamptz[])",
+                    &[&message_ids, &types, &sensors, &sources, &sequences, &captured, &processed_by, &features, &written],
+                )
+                .await
+                .with_context(|| format!("inserting {} feature rows", chunk.len()))?;
+        }
+        Ok(inserted)
+    }
+
+    /// Deletes every row whose sensor id starts with `prefix` (taken literally); returns the count.
+    pub async fn delete_sensor_prefix(&self, prefix: &str) -> anyhow::Result<u64> {
+        if prefix.is_empty() {
+            // An empty prefix would wipe the table; clean-up is always per namespace.
+            bail!("refusing to delete rows for an empty sensor-id prefix");
+        }
+        self.client
+            .execute("DELETE FROM features WHERE sensor_id LIKE $1 ESCAPE '\\'", &[&like_prefix(prefix)])
+            .await
+            .with_context(|| format!("deleting rows of sensors {prefix:?}*"))
+    }
+}
+
+/// A LIKE pattern matching strings that start with `prefix` literally.
+fn like_prefix(prefix: &str) -> String {
+    let mut p = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+/// Checks a database name against `^[a-z0-9_]{1,63}$` and returns it quoted.
+fn quoted_db_name(name: &str) -> anyhow::Result<String> {
+    let valid = (1..=63).contains(&name.len()) && name.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'));
+    if !valid {
+        bail!("database name {name:?} must match ^[a-z0-9_]{{1,63}}$");
+    }
+    Ok(format!("\"{name}\""))
+}
+
+/// Connects to the `postgres` database of the server named by `admin_url`.
+async fn admin(admin_url: &str) -> anyhow::Result<Db> {
+    let mut config: Config = admin_url.parse().context("parsing the PostgreSQL admin URL")?;
+    config.dbname("postgres");
+    Db::connect_config(&config).await
+}
+
+/// Creates database `name` (validated, see [`quoted_db_name`]) for a run.
+pub async fn create_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    let quoted = quoted_db_name(name)?;
+    let db = admin(admin_url).await?;
+    db.client
+        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .await
+        .with_context(|| format!("creating database {name}"))
+}
+
+/// Drops database `name` if it exists, terminating its sessions (`WITH (FORCE)`).
+pub async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    let quoted = quoted_db_name(name)?;
+    let db = admin(admin_url).await?;
+    db.client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+        .await
+        .with_context(|| format!("dropping database {name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_prefix_escapes_wildcards() {
+        assert_eq!(like_prefix(r"a_b%c\d"), r"a\_b\%c\\d%");
+    }
+
+    #[test]
+    fn database_names_are_validated() {
+        assert_eq!(quoted_db_name("qa_run_01").unwrap(), "\"qa_run_01\"");
+        for bad in ["", "Upper", "a-b", "a\"; DROP", &"x".repeat(64)] {
+            assert!(quoted_db_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! SUT control (local profile only): start, stop (SIGTERM), kill (SIGKILL), restart and scale each
+//! component as real OS processes of the `pipeline` binary, and wait for each to announce
+//! readiness on stdout. Each process's stderr goes to a log file under the report directory.
+
+use anyhow::{Context, bail};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The components a step can control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Component {
+    AlgorithmA,
+    AlgorithmB,
+    DataWriter,
+    RestApi,
+}
+
+impl Component {
+    pub fn subcommand(self) -> &'static str {
+        match self {
+            Component::AlgorithmA => "algorithm-a",
+            Component::AlgorithmB => "algorithm-b",
+            Component::DataWriter => "data-writer",
+            Component::RestApi => "rest-api",
+        }
+    }
+}
+
+impl std::str::FromStr for Component {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().replace(['_', ' '], "-").as_str() {
+            "algorithm-a" => Ok(Component::AlgorithmA),
+            "algorithm-b" => Ok(Component::AlgorithmB),
+            "data-writer" | "datawriter" => Ok(Component::DataWriter),
+            "rest-api" | "api" => Ok(Component::RestApi),
+            other => Err(format!("unknown component {other:?}")),
+        }
+    }
+}
+
+/// One running instance.
+struct Instance {
+    /// Its `APQ_INSTANCE_ID` (shows up as `processed_by`).
+    id: String,
+    child: Child,
+    /// The HTTP port it announced (REST API only).
+    http_port: Option<u16>,
+}
+
+/// The processes of one pipeline namespace.
+pub struct Processes {
+    /// The `pipeline` binary.
+    bin: PathBuf,
+    /// `APQ_*` settings every instance gets (namespace, URLs, tokens).
+    env: Vec<(String, String)>,
+    /// Where stderr logs go.
+    log_dir: PathBuf,
+    /// How long an instance may take to announce readiness.
+    ready_timeout: Duration,
+    /// Running instances per component.
+    running: Mutex<BTreeMap<Component, Vec<Instance>>>,
+    /// Counter for unique instance ids.
+    next_id: Mutex<u32>,
+    /// Prefix for instance ids (the namespace), so ids are unique across pipelines.
+    id_prefix: String,
+}
+
+impl Processes {
+    pub fn new(bin: PathBuf, env: Vec<(String, String)>, log_dir: PathBuf, id_prefix: &str) -> anyhow::Result<Self> {
+        if !bin.exists() {
+            bail!("the services binary {} does not exist (build it with `cargo build -p services`)", bin.display());
+        }
+        std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+        Ok(Self {
+            bin,
+            env,
+            log_dir,
+            ready_timeout: Duration::from_secs(30),
+            running: Mutex::new(BTreeMap::new()),
+            next_id: Mutex::new(0),
+            id_prefix: id_prefix.to_string(),
+        })
+    }
+
+    /// Starts `n` more instances with extra env, each waited for until ready. Returns their ids.
+    pub async fn start(&self, component: Component, n: usize, extra_env: &[(String, String)]) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let seq = {
+                let mut g = self.next_id.lock().expect("id lock");
+                *g += 1;
+                *g
+            };
+            let id = format!("{}-{}-{seq}", self.id_prefix, component.subcommand());
+            let log_path = self.log_dir.join(format!("{id}.log"));
+            let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+            let mut cmd = Command::new(&self.bin);
+            cmd.arg(component.subcommand())
+                .envs(self.env.iter().cloned())
+                .envs(extra_env.iter().cloned())
+                .env("APQ_INSTANCE_ID", &id)
+                .env("APQ_LOG_FORMAT", "text")
+                .env("RUST_LOG", std::env::var("QA_SUT_LOG").unwrap_or_else(|_| "warn".into()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::from(log))
+                .kill_on_drop(true);
+            let mut child = cmd.spawn().with_context(|| format!("spawning {} {}", self.bin.display(), component.subcommand()))?;
+            let stdout = child.stdout.take().expect("stdout is piped");
+            let mut lines = BufReader::new(stdout).lines();
+            let ready = tokio::time::timeout(self.ready_timeout, async {
+                while let Some(line) = lines.next_line().await? {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if v["event"] == "ready" {
+                            return Ok::<_, std::io::Error>(Some(v["http_port"].as_u64().map(|p| p as u16)));
+                        }
+                    }
+                }
+                Ok(None)
+            })
+            .await;
+            let http_port = match ready {
+                Ok(Ok(Some(port))) => port,
+                other => {
+                    let _ = child.start_kill();
+                    let log_tail = tail(&log_path, 15);
+                    let why = match other {
+                        Err(_) => format!("no ready line within {:?}", self.ready_timeout),
+                        Ok(Ok(None)) => "it exited before announcing readiness".into(),
+                        Ok(Err(e)) => format!("reading its stdout failed: {e}"),
+                        Ok(Ok(Some(_))) => unreachable!(),
+                    };
+                    bail!("{id} did not become ready: {why}\n  log {}:\n{log_tail}", log_path.display());
+                }
+            };
+            // Keep draining stdout so the child never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            self.running.lock().expect("proc lock").entry(component).or_default().push(Instance { id: id.clone(), child, http_port });
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// Running instance ids of a component.
+    pub fn instances(&self, component: Component) -> Vec<String> {
+        self.running.lock().expect("proc lock").get(&component).map(|v| v.iter().map(|i| i.id.clone()).collect()).unwrap_or_default()
+    }
+
+    /// The HTTP port of the first running instance (REST API).
+    pub fn http_port(&self, component: Component) -> Option<u16> {
+        self.running.lock().expect("proc lock").get(&component)?.iter().find_map(|i| i.http_port)
+    }
+
+    fn take(&self, component: Component, count: Option<usize>) -> Vec<Instance> {
+        let mut g = self.running.lock().expect("proc lock");
+        let list = g.entry(component).or_default();
+        let n = count.unwrap_or(list.len()).min(list.len());
+        list.drain(list.len() - n..).collect()
+    }
+
+    /// Graceful stop (SIGTERM, then SIGKILL after 10 s) of `count` instances (None = all).
+    pub async fn stop(&self, component: Component, count: Option<usize>) -> anyhow::Result<usize> {
+        let victims = self.take(component, count);
+        let n = victims.len();
+        for mut inst in victims {
+            if let Some(pid) = inst.child.id() {
+                // SAFETY: sending a signal to a child we spawned and still own.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+            match tokio::time::timeout(Duration::from_secs(10), inst.child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(id = inst.id, "did not stop within 10 s of SIGTERM; killing");
+                    let _ = inst.child.kill().await;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// SIGKILL of `count` instances (None = all): no chance to finish or ack anything.
+    pub async fn kill(&self, component: Component, count: Option<usize>) -> anyhow::Result<usize> {
+        let victims = self.take(component, count);
+        let n = victims.len();
+        for mut inst in victims {
+            let _ = inst.child.kill().await;
+        }
+        Ok(n)
+    }
+
+    /// Scales a component to exactly `n` instances.
+    pub async fn scale(&self, component: Component, n: usize, extra_env: &[(String, String)]) -> anyhow::Result<()> {
+        let current = self.instances(component).len();
+        if n > current {
+            self.start(component, n - current, extra_env).await?;
+        } else if n < current {
+            self.stop(component, Some(current - n)).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops everything (used at the end of a run or a private pipeline).
+    pub async fn stop_all(&self) {
+        let components: Vec<Component> = self.running.lock().expect("proc lock").keys().copied().collect();
+        for c in components {
+            let _ = self.stop(c, None).await;
+        }
+    }
+
+    pub fn log_dir(&self) -> &std::path::Path {
+        &self.log_dir
+    }
+}
+
+fn tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}

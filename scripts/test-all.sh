@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs every test: unit + integration (cargo test), the behaviour suite (cucumber), and the offline
+# deployment validation. Starts local RabbitMQ/PostgreSQL if needed. Ends with one plain line
+# `N passed, N failed` totalling all of them; exits non-zero if anything failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p reports
+start=$(date +%s)
+
+scripts/infra.sh up || { echo "0 passed, 1 failed"; exit 1; }
+
+passed=0; failed=0; status=0
+add() { passed=$((passed + $1)); failed=$((failed + $2)); }
+
+echo "== build"
+if ! cargo build --workspace --all-targets 2>&1 | tail -n 3; then :; fi
+
+echo "== cargo tests (unit + integration, every crate but the cucumber runner)"
+cargo test --workspace --exclude steps 2>&1 | tee reports/cargo-test.log | grep -E '^(test result|failures:|    [a-z_:]+$|---- )' || true
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+read -r p f < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p+0, f+0 }' reports/cargo-test.log)
+# A crate that failed to compile prints no result line: count it as a failure.
+grep -q '^error: could not compile' reports/cargo-test.log && f=$((f + 1))
+add "$p" "$f"
+echo "cargo tests: $p passed, $f failed"
+
+echo "== behaviour suite (cargo test --test cucumber)"
+rm -f reports/cucumber/summary.json
+cargo test -p steps --test cucumber 2>&1 | tee reports/cucumber.log | tail -n 25
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+if [ -f reports/cucumber/summary.json ]; then
+  read -r p f < <(python3 -c 'import json,sys; d=json.load(open("reports/cucumber/summary.json")); print(d["passed"], d["failed"])')
+else
+  p=0; f=1; echo "behaviour suite wrote no summary (it did not run to the end)"
+fi
+add "$p" "$f"
+echo "behaviour suite: $p scenarios passed, $f failed"
+
+if [ -x scripts/validate-deploy.sh ]; then
+  echo "== deployment artifacts (offline validation)"
+  scripts/validate-deploy.sh 2>&1 | tee reports/validate-deploy.log | tail -n 15
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  read -r p f < <(sed -n 's/^validate-deploy: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' reports/validate-deploy.log | tail -n 1)
+  add "${p:-0}" "${f:-1}"
+fi
+
+echo "== wall time: $(( $(date +%s) - start )) s"
+[ "$failed" -gt 0 ] && status=1
+echo "$passed passed, $failed failed"
+exit $status

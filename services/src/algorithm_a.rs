@@ -1,0 +1,140 @@
+//! Algorithm A: competing consumer on `audio_stream`. Decodes each chunk, extracts signal features
+//! and publishes Feature A to the `features_a` fanout; the input is acked only after the broker
+//! confirmed the output. Bad chunks go to `audio_stream.dlq` with a reason.
+
+use crate::amqp::{dead_letter, json_properties, publish_confirmed};
+use crate::config::Settings;
+use crate::contract::{self, AudioChunk, FeatureA, MessageKind, Rejection};
+use crate::runtime::{Health, ServiceError, SessionEnd, announce_ready, supervise};
+use crate::topology::{self, Names};
+use chrono::Utc;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const COMPONENT: &str = "algorithm-a";
+
+/// Pure step: chunk → Feature A (or the reason it cannot be processed).
+pub fn process(chunk: &AudioChunk, instance: &str) -> Result<FeatureA, Rejection> {
+    let samples = chunk.decode_samples()?;
+    let features = crate::dsp::extract(&samples, chunk.channels, chunk.sample_rate);
+    Ok(FeatureA {
+        schema_version: 1,
+        feature_type: "A".into(),
+        message_id: Uuid::new_v4(),
+        source_message_id: chunk.message_id,
+        sensor_id: chunk.sensor_id.clone(),
+        sequence: chunk.sequence,
+        captured_at: chunk.captured_at,
+        processed_at: Utc::now(),
+        processed_by: instance.to_string(),
+        sample_rate: chunk.sample_rate,
+        channels: chunk.channels,
+        features,
+    })
+}
+
+/// Runs one Algorithm A instance until `shutdown`.
+pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken) {
+    let instance = settings.instance_id(COMPONENT);
+    let names = Names::new(&settings.amqp.namespace);
+    let counter = Arc::new(AtomicU64::new(0));
+    let announced = std::sync::atomic::AtomicBool::new(false);
+    supervise(COMPONENT, &settings.amqp, &health, &shutdown, |conn| {
+        let (settings, names, instance, counter) = (&settings, &names, &instance, counter.clone());
+        let (health, shutdown, announced) = (&health, &shutdown, &announced);
+        async move {
+            let ch = crate::amqp::confirm_channel(&conn).await?;
+            topology::audio_stream(&ch, names).await?;
+            topology::fanout(&ch, &names.features_a()).await?;
+            ch.basic_qos(settings.algorithm_a.prefetch, BasicQosOptions::default()).await?;
+            let queue = names.audio_stream();
+            let mut consumer = ch
+                .basic_consume(queue.as_str().into(), instance.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+                .await?;
+            health.set_ready(true);
+            if !announced.swap(true, Ordering::SeqCst) {
+                announce_ready(COMPONENT, instance, None);
+            }
+            tracing::info!(queue, instance, "consuming");
+            let mut inflight = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                        done.map_err(|e| ServiceError::Other(e.to_string()))??;
+                    }
+                    next = consumer.next() => {
+                        let delivery = match next {
+                            Some(d) => d?,
+                            None => return Err(ServiceError::Other("consumer stream ended".into())),
+                        };
+                        let (ch, names, instance) = (ch.clone(), names.clone(), instance.clone());
+                        let max = settings.amqp.max_message_bytes;
+                        let drop_every = settings.algorithm_a.fault_drop_every;
+                        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                        inflight.spawn(async move {
+                            handle(&ch, &names, &instance, delivery, max, drop_every, n).await
+                        });
+                    }
+                }
+            }
+            // Graceful: stop receiving, finish what we hold, then close (unacked ones are requeued).
+            ch.basic_cancel(instance.as_str().into(), BasicCancelOptions::default()).await.ok();
+            while let Some(done) = inflight.join_next().await {
+                if let Ok(Err(e)) = done {
+                    tracing::warn!(error = %e, "in-flight message failed during shutdown; it will be redelivered");
+                }
+            }
+            ch.close(200, "shutdown".into()).await.ok();
+            conn.close(200, "shutdown".into()).await.ok();
+            Ok(SessionEnd::Shutdown)
+        }
+    })
+    .await;
+}
+
+async fn handle(
+    ch: &lapin::Channel,
+    names: &Names,
+    instance: &str,
+    delivery: lapin::message::Delivery,
+    max_bytes: usize,
+    drop_every: u64,
+    n: u64,
+) -> Result<(), ServiceError> {
+    let queue = names.audio_stream();
+    let result = contract::decode::<AudioChunk>(MessageKind::AudioChunk, &delivery.data, max_bytes)
+        .and_then(|chunk| process(&chunk, instance));
+    let feature = match result {
+        Ok(f) => f,
+        Err(rejection) => {
+            dead_letter(ch, &delivery, &names.audio_stream_dlq(), &queue, instance, &rejection).await?;
+            return Ok(());
+        }
+    };
+    if drop_every > 0 && n % drop_every == 0 {
+        tracing::warn!(sequence = feature.sequence, "fault injection: dropping this chunk");
+        delivery.ack(BasicAckOptions::default()).await?;
+        return Ok(());
+    }
+    let body = match contract::check_outgoing(MessageKind::FeatureA, &feature) {
+        Ok(b) => b,
+        Err(rejection) => {
+            // Our own output breaks the contract (e.g. a feature out of range): keep the input.
+            dead_letter(ch, &delivery, &names.audio_stream_dlq(), &queue, instance, &rejection).await?;
+            return Ok(());
+        }
+    };
+    let props = json_properties(&feature.message_id.to_string(), MessageKind::FeatureA.schema_header(), &feature.sensor_id);
+    if let Err(e) = publish_confirmed(ch, &names.features_a(), "", &body, props).await {
+        delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.ok();
+        return Err(e.into());
+    }
+    delivery.ack(BasicAckOptions::default()).await?;
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! Algorithm B: consumes `features_a` through one shared durable queue (so M instances compete),
+//! classifies each Feature A into an acoustic event and publishes Feature B to `features_b`.
+//! Same rules as Algorithm A: ack after confirm, bad input to the queue's DLQ with a reason.
+
+use crate::amqp::{dead_letter, json_properties, publish_confirmed};
+use crate::config::Settings;
+use crate::contract::{self, EventClass, EventFeatures, FeatureA, FeatureB, MessageKind, SignalFeatures};
+use crate::runtime::{Health, ServiceError, SessionEnd, announce_ready, supervise};
+use crate::topology::{self, Names};
+use chrono::Utc;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const COMPONENT: &str = "algorithm-b";
+
+/// Below this level a chunk is silence.
+pub const SILENCE_BELOW_DBFS: f64 = -60.0;
+/// At or above this share of clipped samples a chunk is clipping.
+pub const CLIPPING_AT_RATIO: f64 = 0.05;
+/// Spectral flatness splitting tones (peaky spectrum) from noise (flat spectrum).
+pub const NOISE_AT_FLATNESS: f64 = 0.2;
+
+/// Pure classification with a confidence in [0.5, 1]: the further from the decision boundary,
+/// the more confident.
+pub fn classify(f: &SignalFeatures) -> EventFeatures {
+    let (event_class, confidence) = if f.rms_dbfs < SILENCE_BELOW_DBFS {
+        (EventClass::Silence, 0.5 + (SILENCE_BELOW_DBFS - f.rms_dbfs) / 40.0)
+    } else if f.clipping_ratio >= CLIPPING_AT_RATIO {
+        (EventClass::Clipping, 0.5 + (f.clipping_ratio - CLIPPING_AT_RATIO) / (2.0 * (1.0 - CLIPPING_AT_RATIO)) + 0.25)
+    } else if f.spectral_flatness < NOISE_AT_FLATNESS {
+        (EventClass::Tone, 1.0 - 0.5 * f.spectral_flatness / NOISE_AT_FLATNESS)
+    } else {
+        (EventClass::Noise, 0.5 + (f.spectral_flatness - NOISE_AT_FLATNESS) / (2.0 * (0.6 - NOISE_AT_FLATNESS)))
+    };
+    EventFeatures {
+        event_class,
+        confidence: confidence.clamp(0.5, 1.0),
+        loudness_dbfs: f.rms_dbfs,
+        dominant_frequency_hz: f.dominant_frequency_hz,
+    }
+}
+
+/// Pure step: Feature A → Feature B.
+pub fn process(a: &FeatureA, instance: &str) -> FeatureB {
+    FeatureB {
+        schema_version: 1,
+        feature_type: "B".into(),
+        message_id: Uuid::new_v4(),
+        feature_a_message_id: a.message_id,
+        source_message_id: a.source_message_id,
+        sensor_id: a.sensor_id.clone(),
+        sequence: a.sequence,
+        captured_at: a.captured_at,
+        processed_at: Utc::now(),
+        processed_by: instance.to_string(),
+        features: classify(&a.features),
+    }
+}
+
+/// Runs one Algorithm B instance until `shutdown`.
+pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken) {
+    let instance = settings.instance_id(COMPONENT);
+    let names = Names::new(&settings.amqp.namespace);
+    let counter = Arc::new(AtomicU64::new(0));
+    let announced = AtomicBool::new(false);
+    supervise(COMPONENT, &settings.amqp, &health, &shutdown, |conn| {
+        let (settings, names, instance, counter) = (&settings, &names, &instance, counter.clone());
+        let (health, shutdown, announced) = (&health, &shutdown, &announced);
+        async move {
+            let ch = crate::amqp::confirm_channel(&conn).await?;
+            let queue = names.algorithm_b_queue();
+            topology::bound_queue(&ch, &names.features_a(), &queue).await?;
+            topology::fanout(&ch, &names.features_b()).await?;
+            ch.basic_qos(settings.algorithm_b.prefetch, BasicQosOptions::default()).await?;
+            let mut consumer = ch
+                .basic_consume(queue.as_str().into(), instance.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+                .await?;
+            health.set_ready(true);
+            if !announced.swap(true, Ordering::SeqCst) {
+                announce_ready(COMPONENT, instance, None);
+            }
+            tracing::info!(queue, instance, "consuming");
+            let mut inflight = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                        done.map_err(|e| ServiceError::Other(e.to_string()))??;
+                    }
+                    next = consumer.next() => {
+                        let delivery = match next {
+                            Some(d) => d?,
+                            None => return Err(ServiceError::Other("consumer stream ended".into())),
+                        };
+                        let (ch, names, instance) = (ch.clone(), names.clone(), instance.clone());
+                        let max = settings.amqp.max_message_bytes;
+                        let drop_every = settings.algorithm_b.fault_drop_every;
+                        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                        inflight.spawn(async move { handle(&ch, &names, &instance, delivery, max, drop_every, n).await });
+                    }
+                }
+            }
+            ch.basic_cancel(instance.as_str().into(), BasicCancelOptions::default()).await.ok();
+            while let Some(done) = inflight.join_next().await {
+                if let Ok(Err(e)) = done {
+                    tracing::warn!(error = %e, "in-flight message failed during shutdown; it will be redelivered");
+                }
+            }
+            ch.close(200, "shutdown".into()).await.ok();
+            conn.close(200, "shutdown".into()).await.ok();
+            Ok(SessionEnd::Shutdown)
+        }
+    })
+    .await;
+}
+
+async fn handle(
+    ch: &lapin::Channel,
+    names: &Names,
+    instance: &str,
+    delivery: lapin::message::Delivery,
+    max_bytes: usize,
+    drop_every: u64,
+    n: u64,
+) -> Result<(), ServiceError> {
+    let queue = names.algorithm_b_queue();
+    let dlq = Names::dlq_of(&queue);
+    let a = match contract::decode::<FeatureA>(MessageKind::FeatureA, &delivery.data, max_bytes) {
+        Ok(a) => a,
+        Err(rejection) => {
+            dead_letter(ch, &delivery, &dlq, &queue, instance, &rejection).await?;
+            return Ok(());
+        }
+    };
+    if drop_every > 0 && n % drop_every == 0 {
+        tracing::warn!(sequence = a.sequence, "fault injection: dropping this feature");
+        delivery.ack(BasicAckOptions::default()).await?;
+        return Ok(());
+    }
+    let b = process(&a, instance);
+    let body = match contract::check_outgoing(MessageKind::FeatureB, &b) {
+        Ok(body) => body,
+        Err(rejection) => {
+            dead_letter(ch, &delivery, &dlq, &queue, instance, &rejection).await?;
+            return Ok(());
+        }
+    };
+    let props = json_properties(&b.message_id.to_string(), MessageKind::FeatureB.schema_header(), &b.sensor_id);
+    if let Err(e) = publish_confirmed(ch, &names.features_b(), "", &body, props).await {
+        delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.ok();
+        return Err(e.into());
+    }
+    delivery.ack(BasicAckOptions::default()).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dsp::{Signal, extract};
+    use rstest::rstest;
+
+    fn features_of(signal: Signal) -> SignalFeatures {
+        extract(&signal.render(16_000, 1, 0, 1600), 1, 16_000)
+    }
+
+    #[rstest]
+    #[case::silence(Signal::Silence, EventClass::Silence, 1.0)]
+    #[case::tone(Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }, EventClass::Tone, 0.9)]
+    #[case::quiet_tone(Signal::Sine { frequency_hz: 1000.0, amplitude: 0.01 }, EventClass::Tone, 0.9)]
+    #[case::noise(Signal::WhiteNoise { amplitude: 0.5, seed: 3 }, EventClass::Noise, 0.8)]
+    #[case::clipping(Signal::ClippedSine { frequency_hz: 440.0, gain: 4.0 }, EventClass::Clipping, 0.9)]
+    fn classifies_known_signals(#[case] signal: Signal, #[case] class: EventClass, #[case] min_confidence: f64) {
+        let ev = classify(&features_of(signal));
+        assert_eq!(ev.event_class, class, "{ev:?}");
+        assert!(ev.confidence >= min_confidence && ev.confidence <= 1.0, "confidence {}", ev.confidence);
+    }
+
+    #[test]
+    fn very_quiet_noise_is_silence() {
+        let ev = classify(&features_of(Signal::WhiteNoise { amplitude: 0.0005, seed: 1 }));
+        assert_eq!(ev.event_class, EventClass::Silence);
+    }
+
+    #[test]
+    fn feature_b_carries_lineage() {
+        let chunk = crate::contract::AudioChunk::from_samples(
+            "s",
+            9,
+            Utc::now(),
+            16_000,
+            1,
+            crate::contract::Encoding::PcmF32le,
+            &Signal::Silence.render(16_000, 1, 0, 160),
+        );
+        let a = crate::algorithm_a::process(&chunk, "a-1").unwrap();
+        let b = process(&a, "b-1");
+        assert_eq!((b.feature_a_message_id, b.source_message_id, b.sequence), (a.message_id, chunk.message_id, 9));
+        contract::check_outgoing(MessageKind::FeatureA, &a).unwrap();
+        contract::check_outgoing(MessageKind::FeatureB, &b).unwrap();
+    }
+}

@@ -1,0 +1,178 @@
+//! The `pipeline` binary: one subcommand per component, so every instance is its own OS process,
+//! plus `live`, which runs the whole pipeline in one process for manual exploration and external
+//! load tools (API on a printed port with a printed token; Ctrl-C stops everything cleanly).
+
+use crate::config::Settings;
+use crate::runtime::{Health, ServiceError, serve_health, shutdown_on_signals};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "pipeline", about = "Reference audio pipeline components (the system under test)")]
+pub struct Cli {
+    /// TOML config file (env `APQ_*` variables override it).
+    #[arg(long, global = true, env = "APQ_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Instance id reported in `processed_by` and logs.
+    #[arg(long, global = true)]
+    pub instance_id: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish audio chunks to the audio_stream queue.
+    Sensor,
+    /// Audio chunk → Feature A (competing consumer).
+    AlgorithmA,
+    /// Feature A → Feature B (competing consumer).
+    AlgorithmB,
+    /// Persist Feature A and B to PostgreSQL.
+    DataWriter,
+    /// Serve the REST API.
+    RestApi,
+    /// Run every component in this process with a sensor streaming (for exploration).
+    Live {
+        /// Algorithm A instances.
+        #[arg(long, default_value_t = 2)]
+        algorithm_a: usize,
+        /// Algorithm B instances.
+        #[arg(long, default_value_t = 1)]
+        algorithm_b: usize,
+        /// Number of sensors streaming (each `sensor-N`).
+        #[arg(long, default_value_t = 1)]
+        sensors: usize,
+    },
+}
+
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init("warn");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pipeline: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), ServiceError> {
+    let mut settings = Settings::load(cli.config.as_deref()).map_err(|e| ServiceError::Other(e.to_string()))?;
+    if let Some(id) = cli.instance_id {
+        settings.instance_id = Some(id);
+    }
+    let shutdown = shutdown_on_signals();
+    match cli.command {
+        Command::Sensor => {
+            let report = crate::sensor::run(&settings, shutdown).await?;
+            println!("{}", serde_json::json!({ "event": "sensor_done", "report": report }));
+            Ok(())
+        }
+        Command::AlgorithmA => consumer(settings, shutdown, Component::A).await,
+        Command::AlgorithmB => consumer(settings, shutdown, Component::B).await,
+        Command::DataWriter => consumer(settings, shutdown, Component::Writer).await,
+        Command::RestApi => {
+            let app = crate::rest_api::build(settings, shutdown).await?;
+            app.run_until_stopped().await
+        }
+        Command::Live { algorithm_a, algorithm_b, sensors } => live(settings, shutdown, algorithm_a, algorithm_b, sensors).await,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Component {
+    A,
+    B,
+    Writer,
+}
+
+async fn consumer(settings: Settings, shutdown: CancellationToken, which: Component) -> Result<(), ServiceError> {
+    let health = Health::default();
+    if let Some(bind) = settings.health.bind.clone() {
+        let port = serve_health(&bind, health.clone(), shutdown.clone()).await?;
+        tracing::info!(port, "health endpoint up");
+    }
+    match which {
+        Component::A => crate::algorithm_a::run(settings, health, shutdown).await,
+        Component::B => crate::algorithm_b::run(settings, health, shutdown).await,
+        Component::Writer => crate::data_writer::run(settings, health, shutdown).await,
+    }
+    Ok(())
+}
+
+/// Creates the database named in `url` if it does not exist (connecting to `postgres`).
+pub async fn ensure_database(url: &str) -> Result<(), ServiceError> {
+    let cfg: tokio_postgres::Config = url.parse().map_err(|e| ServiceError::Other(format!("bad database url: {e}")))?;
+    let db = cfg.get_dbname().unwrap_or("postgres").to_string();
+    let mut admin = cfg.clone();
+    admin.dbname("postgres");
+    let (client, conn) = admin.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db]).await?.is_some();
+    if !exists {
+        // Identifiers cannot be bound as parameters; quote it instead.
+        client.batch_execute(&format!("CREATE DATABASE \"{}\"", db.replace('"', "\"\""))).await?;
+    }
+    Ok(())
+}
+
+async fn live(
+    mut settings: Settings,
+    shutdown: CancellationToken,
+    algorithm_a: usize,
+    algorithm_b: usize,
+    sensors: usize,
+) -> Result<(), ServiceError> {
+    ensure_database(&settings.database.url).await?;
+    if settings.rest_api.bind == crate::config::RestApiSettings::default().bind {
+        settings.rest_api.bind = "127.0.0.1:0".into();
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    // The writer first, so the schema exists before the API queries it.
+    {
+        let (s, h, t) = (with_id(&settings, "data-writer-1"), Health::default(), shutdown.clone());
+        tasks.spawn(async move { crate::data_writer::run(s, h, t).await });
+    }
+    for i in 1..=algorithm_a {
+        let (s, h, t) = (with_id(&settings, &format!("algorithm-a-{i}")), Health::default(), shutdown.clone());
+        tasks.spawn(async move { crate::algorithm_a::run(s, h, t).await });
+    }
+    for i in 1..=algorithm_b {
+        let (s, h, t) = (with_id(&settings, &format!("algorithm-b-{i}")), Health::default(), shutdown.clone());
+        tasks.spawn(async move { crate::algorithm_b::run(s, h, t).await });
+    }
+    let app = crate::rest_api::build(with_id(&settings, "rest-api-1"), shutdown.clone()).await?;
+    let port = app.port();
+    tasks.spawn(async move {
+        if let Err(e) = app.run_until_stopped().await {
+            tracing::error!(error = %e, "rest api stopped");
+        }
+    });
+    for i in 1..=sensors {
+        let mut s = with_id(&settings, &format!("sensor-{i}"));
+        s.sensor.sensor_id = format!("sensor-{i}");
+        s.sensor.frequency_hz = settings.sensor.frequency_hz * i as f64;
+        let t = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::sensor::run(&s, t).await {
+                tracing::error!(error = %e, "sensor stopped");
+            }
+        });
+    }
+    let token = settings.rest_api.tokens.first().cloned().unwrap_or_default();
+    eprintln!(
+        "live pipeline up: API http://127.0.0.1:{port}  token: {token}\n  try: curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{port}/v1/sensors/sensor-1/features/latest?type=A\n  Ctrl-C stops everything"
+    );
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+fn with_id(settings: &Settings, id: &str) -> Settings {
+    let mut s = settings.clone();
+    s.instance_id = Some(id.to_string());
+    s
+}

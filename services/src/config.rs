@@ -1,0 +1,334 @@
+//! Configuration: what an operator sets. Read from an optional TOML file (`--config` or
+//! `APQ_CONFIG`), then overridden by `APQ_*` environment variables. Live state never lives here.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("invalid value for {var}: {reason}")]
+    Env { var: String, reason: String },
+}
+
+/// Everything any component may need; each component reads only its own sections.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Broker address and naming shared by all components.
+    pub amqp: AmqpSettings,
+    /// Database address (data writer and REST API).
+    pub database: DatabaseSettings,
+    /// Per-component tuning.
+    pub algorithm_a: ConsumerSettings,
+    pub algorithm_b: ConsumerSettings,
+    pub data_writer: DataWriterSettings,
+    pub rest_api: RestApiSettings,
+    pub sensor: SensorSettings,
+    /// Optional health endpoint for the queue consumers (k8s probes); the API serves its own.
+    pub health: HealthSettings,
+    /// Identifies this process in `processed_by` and logs; defaults to `<component>-<pid>`.
+    pub instance_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// `amqp://user:pass@host:port/vhost`.
+    pub url: String,
+    /// Prefix for every exchange and queue name, so isolated copies can share one broker.
+    pub namespace: String,
+    /// Largest message body a consumer accepts before dead-lettering it.
+    pub max_message_bytes: usize,
+    /// Reconnect backoff bounds when the broker goes away.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            namespace: String::new(),
+            max_message_bytes: 4 * 1024 * 1024,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// libpq-style URL, e.g. `postgres://postgres@127.0.0.1:5432/audio_pipeline`.
+    pub url: String,
+    /// Connections in the API's pool.
+    pub pool_size: usize,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: "postgres://postgres@127.0.0.1:5432/audio_pipeline".into(), pool_size: 8 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// Unacked deliveries the broker may push to this instance (bounded work in flight).
+    pub prefetch: u16,
+    /// Test hook for fault-injection runs: drop (ack without publishing) every Nth message.
+    /// 0 disables it. Exists so the harness can prove it notices a lossy stage.
+    pub fault_drop_every: u64,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self { prefetch: 32, fault_drop_every: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataWriterSettings {
+    /// Rows per INSERT transaction at most.
+    pub batch_size: usize,
+    /// Longest a partial batch waits before it is flushed.
+    pub flush_interval_ms: u64,
+    /// Unacked deliveries in flight; must exceed batch_size for batches to fill.
+    pub prefetch: u16,
+    /// Fault injection: write without `ON CONFLICT DO NOTHING` and drop the UNIQUE index,
+    /// so the harness can prove it notices duplicated rows. Never set in production.
+    pub fault_ignore_unique: bool,
+}
+
+impl Default for DataWriterSettings {
+    fn default() -> Self {
+        Self { batch_size: 100, flush_interval_ms: 20, prefetch: 400, fault_ignore_unique: false }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestApiSettings {
+    /// Listen address; port 0 picks a free port (printed when ready).
+    pub bind: String,
+    /// Accepted bearer tokens.
+    pub tokens: Vec<String>,
+    /// Sustained requests per second per token.
+    pub rate_limit_per_sec: f64,
+    /// Burst size per token.
+    pub rate_limit_burst: u32,
+    /// Default and largest page size of the historical query.
+    pub default_limit: u32,
+    pub max_limit: u32,
+    /// Fault injection: accept any request without checking the token. Never set in production.
+    pub fault_skip_auth: bool,
+}
+
+impl Default for RestApiSettings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8000".into(),
+            tokens: vec!["dev-token".into()],
+            rate_limit_per_sec: 200.0,
+            rate_limit_burst: 400,
+            default_limit: 100,
+            max_limit: 1000,
+            fault_skip_auth: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSettings {
+    /// Address for `/healthz` + `/readyz` of queue consumers; unset means no endpoint.
+    pub bind: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SensorSettings {
+    pub sensor_id: String,
+    /// `sine`, `noise`, `silence`, `clipped-sine` or `wav`.
+    pub signal: String,
+    pub frequency_hz: f64,
+    pub amplitude: f64,
+    pub sample_rate: u32,
+    pub chunk_ms: u32,
+    /// Chunks per second to publish; 0 means as fast as confirms allow.
+    pub rate_per_sec: f64,
+    /// Stop after this many chunks (0 = unbounded, until duration or Ctrl-C).
+    pub count: u64,
+    /// Stop after this many seconds (0 = unbounded).
+    pub duration_secs: f64,
+    /// WAV file for `signal = "wav"`.
+    pub wav_path: Option<String>,
+}
+
+impl Default for SensorSettings {
+    fn default() -> Self {
+        Self {
+            sensor_id: "sensor-1".into(),
+            signal: "sine".into(),
+            frequency_hz: 440.0,
+            amplitude: 0.5,
+            sample_rate: 16_000,
+            chunk_ms: 100,
+            rate_per_sec: 10.0,
+            count: 0,
+            duration_secs: 0.0,
+            wav_path: None,
+        }
+    }
+}
+
+impl Settings {
+    /// File (if any) then environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = path
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("APQ_CONFIG").map(Into::into));
+        let mut settings = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
+                toml::from_str(&text)
+                    .map_err(|source| ConfigError::Parse { path: p.display().to_string(), source })?
+            }
+            None => Settings::default(),
+        };
+        settings.apply_env(|k| std::env::var(k).ok())?;
+        Ok(settings)
+    }
+
+    /// Overrides from `APQ_*` variables; `get` is injectable so tests need not touch the process env.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(var: &str, v: String) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim().parse().map_err(|e: T::Err| ConfigError::Env { var: var.into(), reason: e.to_string() })
+        }
+        macro_rules! set {
+            ($var:literal, $field:expr) => {
+                if let Some(v) = get($var) {
+                    $field = parse($var, v)?;
+                }
+            };
+        }
+        macro_rules! set_str {
+            ($var:literal, $field:expr) => {
+                if let Some(v) = get($var) {
+                    $field = v;
+                }
+            };
+        }
+        set_str!("APQ_AMQP_URL", self.amqp.url);
+        set_str!("APQ_NAMESPACE", self.amqp.namespace);
+        set!("APQ_MAX_MESSAGE_BYTES", self.amqp.max_message_bytes);
+        set_str!("APQ_DATABASE_URL", self.database.url);
+        set!("APQ_DB_POOL_SIZE", self.database.pool_size);
+        if let Some(v) = get("APQ_INSTANCE_ID") {
+            self.instance_id = Some(v);
+        }
+        if let Some(v) = get("APQ_HEALTH_BIND") {
+            self.health.bind = Some(v);
+        }
+        set!("APQ_ALGORITHM_A_PREFETCH", self.algorithm_a.prefetch);
+        set!("APQ_ALGORITHM_A_FAULT_DROP_EVERY", self.algorithm_a.fault_drop_every);
+        set!("APQ_ALGORITHM_B_PREFETCH", self.algorithm_b.prefetch);
+        set!("APQ_ALGORITHM_B_FAULT_DROP_EVERY", self.algorithm_b.fault_drop_every);
+        set!("APQ_WRITER_BATCH_SIZE", self.data_writer.batch_size);
+        set!("APQ_WRITER_FLUSH_INTERVAL_MS", self.data_writer.flush_interval_ms);
+        set!("APQ_WRITER_PREFETCH", self.data_writer.prefetch);
+        set!("APQ_WRITER_FAULT_IGNORE_UNIQUE", self.data_writer.fault_ignore_unique);
+        set_str!("APQ_API_BIND", self.rest_api.bind);
+        if let Some(v) = get("APQ_API_TOKENS") {
+            self.rest_api.tokens = v.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect();
+        }
+        set!("APQ_API_RATE_LIMIT_PER_SEC", self.rest_api.rate_limit_per_sec);
+        set!("APQ_API_RATE_LIMIT_BURST", self.rest_api.rate_limit_burst);
+        set!("APQ_API_DEFAULT_LIMIT", self.rest_api.default_limit);
+        set!("APQ_API_MAX_LIMIT", self.rest_api.max_limit);
+        set!("APQ_API_FAULT_SKIP_AUTH", self.rest_api.fault_skip_auth);
+        set_str!("APQ_SENSOR_ID", self.sensor.sensor_id);
+        set_str!("APQ_SENSOR_SIGNAL", self.sensor.signal);
+        set!("APQ_SENSOR_FREQUENCY_HZ", self.sensor.frequency_hz);
+        set!("APQ_SENSOR_AMPLITUDE", self.sensor.amplitude);
+        set!("APQ_SENSOR_SAMPLE_RATE", self.sensor.sample_rate);
+        set!("APQ_SENSOR_CHUNK_MS", self.sensor.chunk_ms);
+        set!("APQ_SENSOR_RATE_PER_SEC", self.sensor.rate_per_sec);
+        set!("APQ_SENSOR_COUNT", self.sensor.count);
+        set!("APQ_SENSOR_DURATION_SECS", self.sensor.duration_secs);
+        if let Some(v) = get("APQ_SENSOR_WAV_PATH") {
+            self.sensor.wav_path = Some(v);
+        }
+        self.validate()
+    }
+
+    /// Rejects settings that cannot work, with the name of the offending setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |var: &str, reason: &str| Err(ConfigError::Env { var: var.into(), reason: reason.into() });
+        if self.data_writer.batch_size == 0 {
+            return bad("data_writer.batch_size", "must be at least 1");
+        }
+        if self.rest_api.rate_limit_per_sec <= 0.0 || !self.rest_api.rate_limit_per_sec.is_finite() {
+            return bad("rest_api.rate_limit_per_sec", "must be a positive number");
+        }
+        if self.rest_api.default_limit == 0 || self.rest_api.default_limit > self.rest_api.max_limit {
+            return bad("rest_api.default_limit", "must be between 1 and rest_api.max_limit");
+        }
+        if self.amqp.reconnect_min_ms == 0 || self.amqp.reconnect_min_ms > self.amqp.reconnect_max_ms {
+            return bad("amqp.reconnect_min_ms", "must be between 1 and amqp.reconnect_max_ms");
+        }
+        Ok(())
+    }
+
+    /// The instance id, defaulting to `<component>-<pid>`.
+    pub fn instance_id(&self, component: &str) -> String {
+        self.instance_id.clone().unwrap_or_else(|| format!("{component}-{}", std::process::id()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn env_overrides_file_values() {
+        let mut s: Settings = toml::from_str("[amqp]\nnamespace = \"from-file\"\n[rest_api]\ntokens = [\"a\"]").unwrap();
+        s.apply_env(env(&[("APQ_NAMESPACE", "run1"), ("APQ_API_TOKENS", "x, y,,z")])).unwrap();
+        assert_eq!(s.amqp.namespace, "run1");
+        assert_eq!(s.rest_api.tokens, vec!["x", "y", "z"]);
+    }
+
+    #[test]
+    fn bad_number_names_the_variable() {
+        let mut s = Settings::default();
+        let err = s.apply_env(env(&[("APQ_WRITER_BATCH_SIZE", "lots")])).unwrap_err();
+        assert!(err.to_string().contains("APQ_WRITER_BATCH_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn zero_batch_size_is_rejected() {
+        let mut s = Settings::default();
+        let err = s.apply_env(env(&[("APQ_WRITER_BATCH_SIZE", "0")])).unwrap_err();
+        assert!(err.to_string().contains("batch_size"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        assert!(toml::from_str::<Settings>("[amqp]\nurll = \"x\"").is_err());
+    }
+}

@@ -1,0 +1,484 @@
+//! The versioned message contract. Types mirror the JSON Schemas in `fixtures/contracts/`, which are
+//! embedded here so that every producer validates what it publishes and every consumer validates
+//! what it receives against the very same documents the harness checks.
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::OnceLock;
+use uuid::Uuid;
+
+pub const AUDIO_CHUNK_SCHEMA: &str = include_str!("../../fixtures/contracts/audio_chunk.v1.schema.json");
+pub const FEATURE_A_SCHEMA: &str = include_str!("../../fixtures/contracts/feature_a.v1.schema.json");
+pub const FEATURE_B_SCHEMA: &str = include_str!("../../fixtures/contracts/feature_b.v1.schema.json");
+
+/// AMQP header naming the schema of a body, e.g. `audio_chunk/v1`.
+pub const HEADER_SCHEMA: &str = "x-schema";
+/// AMQP header carrying the sensor id, so a body that cannot be parsed can still be attributed.
+pub const HEADER_SENSOR_ID: &str = "x-sensor-id";
+/// Dead-letter headers: machine-readable reason code, human detail, and where it was rejected.
+pub const HEADER_DLQ_REASON: &str = "x-dlq-reason";
+pub const HEADER_DLQ_DETAIL: &str = "x-dlq-detail";
+pub const HEADER_DLQ_QUEUE: &str = "x-dlq-source-queue";
+pub const HEADER_DLQ_CONSUMER: &str = "x-dlq-consumer";
+
+/// The three message kinds on the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MessageKind {
+    AudioChunk,
+    FeatureA,
+    FeatureB,
+}
+
+impl MessageKind {
+    pub fn schema_header(self) -> &'static str {
+        match self {
+            MessageKind::AudioChunk => "audio_chunk/v1",
+            MessageKind::FeatureA => "feature_a/v1",
+            MessageKind::FeatureB => "feature_b/v1",
+        }
+    }
+
+    fn schema_text(self) -> &'static str {
+        match self {
+            MessageKind::AudioChunk => AUDIO_CHUNK_SCHEMA,
+            MessageKind::FeatureA => FEATURE_A_SCHEMA,
+            MessageKind::FeatureB => FEATURE_B_SCHEMA,
+        }
+    }
+
+    /// The compiled schema (built once per process).
+    pub fn validator(self) -> &'static jsonschema::Validator {
+        static CELLS: [OnceLock<jsonschema::Validator>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+        let idx = self as usize;
+        CELLS[idx].get_or_init(|| {
+            let schema: Value = serde_json::from_str(self.schema_text()).expect("embedded schema is JSON");
+            jsonschema::options()
+                .should_validate_formats(true)
+                .build(&schema)
+                .expect("embedded schema compiles")
+        })
+    }
+}
+
+/// Why a message was refused. The `code` goes into the `x-dlq-reason` header verbatim, so these
+/// strings are part of the contract.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
+    Oversized { size: usize, limit: usize },
+    #[error("body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("unsupported schema_version {0:?}; this consumer understands 1")]
+    UnsupportedVersion(Value),
+    #[error("schema violation at {path}: {detail}")]
+    SchemaViolation { path: String, detail: String },
+    #[error("sample rate {0} Hz is not supported")]
+    UnsupportedSampleRate(Value),
+    #[error("samples are not valid base64: {0}")]
+    InvalidBase64(String),
+    #[error("sample payload of {bytes} bytes is not a whole number of {frame_bytes}-byte frames")]
+    PartialFrame { bytes: usize, frame_bytes: usize },
+    #[error("sample {index} is not finite ({value})")]
+    NonFiniteSample { index: usize, value: f32 },
+}
+
+impl Rejection {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::Oversized { .. } => "oversized_payload",
+            Rejection::InvalidJson(_) => "invalid_json",
+            Rejection::UnsupportedVersion(_) => "unsupported_schema_version",
+            Rejection::SchemaViolation { .. } => "schema_violation",
+            Rejection::UnsupportedSampleRate(_) => "unsupported_sample_rate",
+            Rejection::InvalidBase64(_) => "invalid_base64",
+            Rejection::PartialFrame { .. } => "partial_frame",
+            Rejection::NonFiniteSample { .. } => "non_finite_sample",
+        }
+    }
+}
+
+/// Parses and validates a body as `kind`: size, JSON, version, schema, then typed decode.
+pub fn decode<T: for<'de> Deserialize<'de>>(kind: MessageKind, body: &[u8], max_bytes: usize) -> Result<T, Rejection> {
+    if body.len() > max_bytes {
+        return Err(Rejection::Oversized { size: body.len(), limit: max_bytes });
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
+    check(kind, &value)?;
+    serde_json::from_value(value).map_err(|e| Rejection::SchemaViolation { path: String::new(), detail: e.to_string() })
+}
+
+/// Validates an already parsed value; the specific reasons come before the generic schema check
+/// so that a wrong version or sample rate is reported as such.
+pub fn check(kind: MessageKind, value: &Value) -> Result<(), Rejection> {
+    match value.get("schema_version") {
+        Some(Value::Number(n)) if n.as_u64() == Some(1) => {}
+        Some(other) => return Err(Rejection::UnsupportedVersion(other.clone())),
+        None => {
+            return Err(Rejection::SchemaViolation {
+                path: "/schema_version".into(),
+                detail: "required property is missing".into(),
+            });
+        }
+    }
+    if kind == MessageKind::AudioChunk {
+        if let Some(rate) = value.get("sample_rate") {
+            let supported = rate.as_u64().is_some_and(|r| SUPPORTED_SAMPLE_RATES.contains(&(r as u32)));
+            if !supported {
+                return Err(Rejection::UnsupportedSampleRate(rate.clone()));
+            }
+        }
+    }
+    if let Some(err) = kind.validator().iter_errors(value).next() {
+        return Err(Rejection::SchemaViolation { path: err.instance_path().to_string(), detail: err.to_string() });
+    }
+    Ok(())
+}
+
+/// Validates a message we are about to publish; a failure here is a bug in the producer.
+pub fn check_outgoing<T: Serialize>(kind: MessageKind, msg: &T) -> Result<Vec<u8>, Rejection> {
+    let value = serde_json::to_value(msg).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
+    check(kind, &value)?;
+    Ok(serde_json::to_vec(&value).expect("a Value always serialises"))
+}
+
+pub const SUPPORTED_SAMPLE_RATES: [u32; 7] = [8000, 11025, 16000, 22050, 32000, 44100, 48000];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    PcmF32le,
+    PcmS16le,
+}
+
+impl Encoding {
+    pub fn bytes_per_sample(self) -> usize {
+        match self {
+            Encoding::PcmF32le => 4,
+            Encoding::PcmS16le => 2,
+        }
+    }
+}
+
+/// Audio chunk v1 (see `audio_chunk.v1.schema.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioChunk {
+    pub schema_version: u32,
+    pub message_id: Uuid,
+    pub sensor_id: String,
+    pub sequence: u64,
+    pub captured_at: DateTime<Utc>,
+    pub sample_rate: u32,
+    pub channels: u16,
+    pub encoding: Encoding,
+    /// Base64 of interleaved little-endian frames.
+    pub samples: String,
+}
+
+impl AudioChunk {
+    /// Builds a chunk from float samples (interleaved when `channels` > 1).
+    pub fn from_samples(
+        sensor_id: &str,
+        sequence: u64,
+        captured_at: DateTime<Utc>,
+        sample_rate: u32,
+        channels: u16,
+        encoding: Encoding,
+        samples: &[f32],
+    ) -> Self {
+        let mut bytes = Vec::with_capacity(samples.len() * encoding.bytes_per_sample());
+        for &s in samples {
+            match encoding {
+                Encoding::PcmF32le => bytes.extend_from_slice(&s.to_le_bytes()),
+                Encoding::PcmS16le => {
+                    let v = (s.clamp(-1.0, 1.0) * i16::MAX as f32).round() as i16;
+                    bytes.extend_from_slice(&v.to_le_bytes())
+                }
+            }
+        }
+        AudioChunk {
+            schema_version: 1,
+            message_id: Uuid::new_v4(),
+            sensor_id: sensor_id.to_string(),
+            sequence,
+            captured_at,
+            sample_rate,
+            channels,
+            encoding,
+            samples: base64::engine::general_purpose::STANDARD.encode(bytes),
+        }
+    }
+
+    /// Decodes the interleaved samples to floats in [-1, 1] (s16) or as sent (f32), rejecting
+    /// partial frames and non-finite values.
+    pub fn decode_samples(&self) -> Result<Vec<f32>, Rejection> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(self.samples.as_bytes())
+            .map_err(|e| Rejection::InvalidBase64(e.to_string()))?;
+        let frame_bytes = self.encoding.bytes_per_sample() * self.channels.max(1) as usize;
+        if bytes.is_empty() || bytes.len() % frame_bytes != 0 {
+            return Err(Rejection::PartialFrame { bytes: bytes.len(), frame_bytes });
+        }
+        let samples: Vec<f32> = match self.encoding {
+            Encoding::PcmF32le => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Encoding::PcmS16le => {
+                bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / i16::MAX as f32).collect()
+            }
+        };
+        if let Some((index, &value)) = samples.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Rejection::NonFiniteSample { index, value });
+        }
+        Ok(samples)
+    }
+}
+
+/// The numbers Algorithm A computes for one chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalFeatures {
+    pub rms: f64,
+    pub peak: f64,
+    pub rms_dbfs: f64,
+    pub zero_crossing_rate: f64,
+    pub spectral_centroid_hz: f64,
+    pub dominant_frequency_hz: f64,
+    pub spectral_flatness: f64,
+    pub clipping_ratio: f64,
+    pub duration_ms: f64,
+    pub sample_count: u64,
+}
+
+/// Feature A v1 (see `feature_a.v1.schema.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureA {
+    pub schema_version: u32,
+    pub feature_type: String,
+    pub message_id: Uuid,
+    pub source_message_id: Uuid,
+    pub sensor_id: String,
+    pub sequence: u64,
+    pub captured_at: DateTime<Utc>,
+    pub processed_at: DateTime<Utc>,
+    pub processed_by: String,
+    pub sample_rate: u32,
+    pub channels: u16,
+    pub features: SignalFeatures,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventClass {
+    Silence,
+    Tone,
+    Noise,
+    Clipping,
+}
+
+/// The numbers Algorithm B derives from one Feature A.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventFeatures {
+    pub event_class: EventClass,
+    pub confidence: f64,
+    pub loudness_dbfs: f64,
+    pub dominant_frequency_hz: f64,
+}
+
+/// Feature B v1 (see `feature_b.v1.schema.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureB {
+    pub schema_version: u32,
+    pub feature_type: String,
+    pub message_id: Uuid,
+    pub feature_a_message_id: Uuid,
+    pub source_message_id: Uuid,
+    pub sensor_id: String,
+    pub sequence: u64,
+    pub captured_at: DateTime<Utc>,
+    pub processed_at: DateTime<Utc>,
+    pub processed_by: String,
+    pub features: EventFeatures,
+}
+
+/// Either feature message, as the data writer and the API cache handle them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnyFeature {
+    A(FeatureA),
+    B(FeatureB),
+}
+
+impl AnyFeature {
+    pub fn message_id(&self) -> Uuid {
+        match self {
+            AnyFeature::A(m) => m.message_id,
+            AnyFeature::B(m) => m.message_id,
+        }
+    }
+    pub fn sensor_id(&self) -> &str {
+        match self {
+            AnyFeature::A(m) => &m.sensor_id,
+            AnyFeature::B(m) => &m.sensor_id,
+        }
+    }
+    pub fn feature_type(&self) -> FeatureType {
+        match self {
+            AnyFeature::A(_) => FeatureType::A,
+            AnyFeature::B(_) => FeatureType::B,
+        }
+    }
+    pub fn captured_at(&self) -> DateTime<Utc> {
+        match self {
+            AnyFeature::A(m) => m.captured_at,
+            AnyFeature::B(m) => m.captured_at,
+        }
+    }
+    pub fn sequence(&self) -> u64 {
+        match self {
+            AnyFeature::A(m) => m.sequence,
+            AnyFeature::B(m) => m.sequence,
+        }
+    }
+    pub fn source_message_id(&self) -> Uuid {
+        match self {
+            AnyFeature::A(m) => m.source_message_id,
+            AnyFeature::B(m) => m.source_message_id,
+        }
+    }
+    pub fn processed_by(&self) -> &str {
+        match self {
+            AnyFeature::A(m) => &m.processed_by,
+            AnyFeature::B(m) => &m.processed_by,
+        }
+    }
+    /// The `features` object as stored in the database and served by the API.
+    pub fn features_json(&self) -> Value {
+        match self {
+            AnyFeature::A(m) => serde_json::to_value(&m.features),
+            AnyFeature::B(m) => serde_json::to_value(&m.features),
+        }
+        .expect("features serialise")
+    }
+    pub fn to_json(&self) -> Value {
+        match self {
+            AnyFeature::A(m) => serde_json::to_value(m),
+            AnyFeature::B(m) => serde_json::to_value(m),
+        }
+        .expect("messages serialise")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum FeatureType {
+    A,
+    B,
+}
+
+impl FeatureType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeatureType::A => "A",
+            FeatureType::B => "B",
+        }
+    }
+    pub fn kind(self) -> MessageKind {
+        match self {
+            FeatureType::A => MessageKind::FeatureA,
+            FeatureType::B => MessageKind::FeatureB,
+        }
+    }
+}
+
+impl std::str::FromStr for FeatureType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "A" | "a" => Ok(FeatureType::A),
+            "B" | "b" => Ok(FeatureType::B),
+            other => Err(format!("unknown feature type {other:?}; expected A or B")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn chunk() -> AudioChunk {
+        AudioChunk::from_samples("s-1", 7, Utc::now(), 16_000, 1, Encoding::PcmF32le, &[0.0, 0.5, -0.5, 0.25])
+    }
+
+    #[test]
+    fn a_valid_chunk_round_trips() {
+        let c = chunk();
+        let body = check_outgoing(MessageKind::AudioChunk, &c).unwrap();
+        let back: AudioChunk = decode(MessageKind::AudioChunk, &body, 1 << 20).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.decode_samples().unwrap(), vec![0.0, 0.5, -0.5, 0.25]);
+    }
+
+    #[test]
+    fn s16_encoding_round_trips_within_quantisation() {
+        let c = AudioChunk::from_samples("s", 0, Utc::now(), 8000, 1, Encoding::PcmS16le, &[0.5, -1.0, 1.0]);
+        let s = c.decode_samples().unwrap();
+        assert!((s[0] - 0.5).abs() < 1e-4 && s[1] == -1.0 && s[2] == 1.0, "{s:?}");
+    }
+
+    #[rstest]
+    #[case::not_json(b"{nope".to_vec(), "invalid_json")]
+    #[case::wrong_version(br#"{"schema_version":2}"#.to_vec(), "unsupported_schema_version")]
+    #[case::missing_version(br#"{"sensor_id":"x"}"#.to_vec(), "schema_violation")]
+    fn malformed_bodies_get_a_reason(#[case] body: Vec<u8>, #[case] code: &str) {
+        let err = decode::<AudioChunk>(MessageKind::AudioChunk, &body, 1 << 20).unwrap_err();
+        assert_eq!(err.code(), code, "{err}");
+    }
+
+    #[rstest]
+    #[case::sample_rate("sample_rate", serde_json::json!(12345), "unsupported_sample_rate")]
+    #[case::bad_uuid("message_id", serde_json::json!("not-a-uuid"), "schema_violation")]
+    #[case::bad_time("captured_at", serde_json::json!("yesterday"), "schema_violation")]
+    #[case::bad_channels("channels", serde_json::json!(3), "schema_violation")]
+    #[case::bad_encoding("encoding", serde_json::json!("mp3"), "schema_violation")]
+    fn field_violations_are_named(#[case] field: &str, #[case] value: Value, #[case] code: &str) {
+        let mut v = serde_json::to_value(chunk()).unwrap();
+        v[field] = value;
+        let err = decode::<AudioChunk>(MessageKind::AudioChunk, &serde_json::to_vec(&v).unwrap(), 1 << 20).unwrap_err();
+        assert_eq!(err.code(), code, "{err}");
+    }
+
+    #[test]
+    fn missing_required_field_is_a_schema_violation() {
+        let mut v = serde_json::to_value(chunk()).unwrap();
+        v.as_object_mut().unwrap().remove("sensor_id");
+        let err = decode::<AudioChunk>(MessageKind::AudioChunk, &serde_json::to_vec(&v).unwrap(), 1 << 20).unwrap_err();
+        assert_eq!(err.code(), "schema_violation");
+        assert!(err.to_string().contains("sensor_id"), "{err}");
+    }
+
+    #[test]
+    fn extra_optional_field_is_tolerated() {
+        let mut v = serde_json::to_value(chunk()).unwrap();
+        v["firmware"] = serde_json::json!("1.2.3");
+        decode::<AudioChunk>(MessageKind::AudioChunk, &serde_json::to_vec(&v).unwrap(), 1 << 20).unwrap();
+    }
+
+    #[test]
+    fn oversized_payload_is_refused_before_parsing() {
+        let err = decode::<AudioChunk>(MessageKind::AudioChunk, &[b' '; 100], 10).unwrap_err();
+        assert_eq!(err.code(), "oversized_payload");
+    }
+
+    #[test]
+    fn nan_samples_are_refused() {
+        let c = AudioChunk::from_samples("s", 0, Utc::now(), 16_000, 1, Encoding::PcmF32le, &[0.1, f32::NAN]);
+        let err = c.decode_samples().unwrap_err();
+        assert!(matches!(err, Rejection::NonFiniteSample { index: 1, value } if value.is_nan()), "{err}");
+    }
+
+    #[test]
+    fn partial_frames_are_refused() {
+        let mut c = chunk();
+        c.channels = 2;
+        c.samples = base64::engine::general_purpose::STANDARD.encode([0u8; 12]);
+        assert_eq!(c.decode_samples().unwrap_err().code(), "partial_frame");
+    }
+}

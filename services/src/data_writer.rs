@@ -1,0 +1,236 @@
+//! Data writer: consumes its own durable queues on both feature fanouts, validates every message,
+//! and writes them to PostgreSQL in batches (one multi-row INSERT per transaction). Deliveries are
+//! acked only after COMMIT, and the INSERT skips known `message_id`s, so a crash or a redelivery
+//! never loses or duplicates a row. Bad messages go to the queue's DLQ with a reason.
+
+use crate::amqp::dead_letter;
+use crate::config::Settings;
+use crate::contract::{self, AnyFeature, FeatureA, FeatureB, FeatureType, Rejection};
+use crate::runtime::{Health, ServiceError, SessionEnd, announce_ready, supervise};
+use crate::topology::{self, Names};
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub const COMPONENT: &str = "data-writer";
+
+/// Valid messages waiting for the next flush, with the deliveries to ack once they are committed.
+#[derive(Debug, Default)]
+struct Batch {
+    /// Decoded messages, in arrival order.
+    rows: Vec<AnyFeature>,
+    /// The deliveries that carried them (same order).
+    deliveries: Vec<Delivery>,
+    /// When the first message of this batch arrived; the flush deadline counts from here.
+    started: Option<Instant>,
+}
+
+impl Batch {
+    fn push(&mut self, row: AnyFeature, delivery: Delivery) {
+        self.started.get_or_insert_with(Instant::now);
+        self.rows.push(row);
+        self.deliveries.push(delivery);
+    }
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// Validates one body as the feature type of the queue it came from.
+pub fn decode(feature_type: FeatureType, body: &[u8], max_bytes: usize) -> Result<AnyFeature, Rejection> {
+    let feature = match feature_type {
+        FeatureType::A => AnyFeature::A(contract::decode::<FeatureA>(feature_type.kind(), body, max_bytes)?),
+        FeatureType::B => AnyFeature::B(contract::decode::<FeatureB>(feature_type.kind(), body, max_bytes)?),
+    };
+    // The schema allows any non-negative integer; the column is a BIGINT.
+    if let Err(e) = crate::db::sequence_to_db(feature.sequence()) {
+        return Err(Rejection::SchemaViolation { path: "/sequence".into(), detail: e.to_string() });
+    }
+    Ok(feature)
+}
+
+/// Runs one data writer until `shutdown`.
+pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken) {
+    let instance = settings.instance_id(COMPONENT);
+    let names = Names::new(&settings.amqp.namespace);
+    let announced = AtomicBool::new(false);
+    if settings.data_writer.fault_ignore_unique {
+        tracing::warn!(
+            "FAULT INJECTION ACTIVE: data_writer.fault_ignore_unique drops UNIQUE(message_id) and inserts \
+             without ON CONFLICT; redelivered messages WILL produce duplicate rows. Never use in production."
+        );
+    }
+    supervise(COMPONENT, &settings.amqp, &health, &shutdown, |conn| {
+        let (settings, names, instance) = (&settings, &names, &instance);
+        let (health, shutdown, announced) = (&health, &shutdown, &announced);
+        async move {
+            let min = Duration::from_millis(settings.amqp.reconnect_min_ms);
+            let max = Duration::from_millis(settings.amqp.reconnect_max_ms);
+            let Some(mut db) = crate::db::connect(&settings.database.url, min, max, shutdown).await else {
+                return Ok(SessionEnd::Shutdown);
+            };
+            crate::db::migrate(&mut db).await?;
+            crate::db::set_unique_constraint(&db, !settings.data_writer.fault_ignore_unique).await?;
+
+            let ch = crate::amqp::confirm_channel(&conn).await?;
+            let (queue_a, queue_b) = (names.writer_queue_a(), names.writer_queue_b());
+            topology::bound_queue(&ch, &names.features_a(), &queue_a).await?;
+            topology::bound_queue(&ch, &names.features_b(), &queue_b).await?;
+            ch.basic_qos(settings.data_writer.prefetch, BasicQosOptions::default()).await?;
+            let (tag_a, tag_b) = (format!("{instance}.a"), format!("{instance}.b"));
+            let consume = |queue: &str, tag: &str| {
+                ch.basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+            };
+            let consumer_a = consume(&queue_a, &tag_a).await?.map(|d| (FeatureType::A, d));
+            let consumer_b = consume(&queue_b, &tag_b).await?.map(|d| (FeatureType::B, d));
+            let mut deliveries = futures::stream::select(consumer_a, consumer_b);
+            health.set_ready(true);
+            if !announced.swap(true, Ordering::SeqCst) {
+                announce_ready(COMPONENT, instance, None);
+            }
+            tracing::info!(queue_a, queue_b, instance, "consuming");
+
+            let ignore_unique = settings.data_writer.fault_ignore_unique;
+            let flush_every = Duration::from_millis(settings.data_writer.flush_interval_ms);
+            let mut batch = Batch::default();
+            loop {
+                let deadline = batch.started.map(|t| t + flush_every);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = sleep_until(deadline), if !batch.is_empty() => {
+                        flush(&mut db, &mut batch, ignore_unique).await?;
+                    }
+                    next = deliveries.next() => {
+                        let (feature_type, delivery) = match next {
+                            Some((t, d)) => (t, d?),
+                            None => return Err(ServiceError::Other("consumer stream ended".into())),
+                        };
+                        let queue = if feature_type == FeatureType::A { &queue_a } else { &queue_b };
+                        match decode(feature_type, &delivery.data, settings.amqp.max_message_bytes) {
+                            Ok(row) => batch.push(row, delivery),
+                            Err(rejection) => {
+                                dead_letter(&ch, &delivery, &Names::dlq_of(queue), queue, instance, &rejection).await?;
+                            }
+                        }
+                        if batch.len() >= settings.data_writer.batch_size {
+                            flush(&mut db, &mut batch, ignore_unique).await?;
+                        }
+                    }
+                }
+            }
+            // Graceful: stop receiving, commit what we hold; anything prefetched but not yet taken
+            // is requeued by the broker when the channel closes.
+            for tag in [&tag_a, &tag_b] {
+                ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await.ok();
+            }
+            if let Err(e) = flush(&mut db, &mut batch, ignore_unique).await {
+                tracing::warn!(error = %e, "final flush failed; the batch was requeued");
+            }
+            health.set_ready(false);
+            ch.close(200, "shutdown".into()).await.ok();
+            conn.close(200, "shutdown".into()).await.ok();
+            Ok(SessionEnd::Shutdown)
+        }
+    })
+    .await;
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes the batch in one transaction, then acks its deliveries. On a database error the
+/// deliveries are requeued and the error is returned, so the session restarts (and reconnects).
+async fn flush(db: &mut tokio_postgres::Client, batch: &mut Batch, ignore_unique: bool) -> Result<(), ServiceError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let taken = std::mem::take(batch);
+    match write(db, &taken.rows, ignore_unique).await {
+        Ok(inserted) => {
+            tracing::debug!(batch = taken.len(), inserted, "batch committed");
+            // Acked one by one: the two consumers share the channel's delivery tags, and some tags
+            // in between may belong to dead-lettered (already acked) deliveries.
+            for d in &taken.deliveries {
+                d.ack(BasicAckOptions::default()).await?;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            for d in &taken.deliveries {
+                d.ack(BasicAckOptions::default()).await.ok();
+            }
+            Err(e.into())
+        }
+    }
+}
+
+async fn write(
+    db: &mut tokio_postgres::Client,
+    rows: &[AnyFeature],
+    ignore_unique: bool,
+) -> Result<u64, crate::db::DbError> {
+    let tx = db.transaction().await?;
+    let inserted = crate::db::insert_batch(&tx, rows, ignore_unique).await?;
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn feature_b_json() -> serde_json::Value {
+        serde_json::json!({
+            "schema_version": 1, "feature_type": "B",
+            "message_id": uuid::Uuid::new_v4(), "feature_a_message_id": uuid::Uuid::new_v4(),
+            "source_message_id": uuid::Uuid::new_v4(), "sensor_id": "s-1", "sequence": 3,
+            "captured_at": "2024-01-01T00:00:00Z", "processed_at": "2024-01-01T00:00:01Z",
+            "processed_by": "algorithm-b-1",
+            "features": {"event_class": "tone", "confidence": 0.9, "loudness_dbfs": -6.0, "dominant_frequency_hz": 440.0}
+        })
+    }
+
+    #[test]
+    fn a_valid_feature_b_decodes() {
+        let body = serde_json::to_vec(&feature_b_json()).unwrap();
+        let f = decode(FeatureType::B, &body, 1 << 20).unwrap();
+        assert_eq!(f.feature_type(), FeatureType::B);
+        assert_eq!(f.sequence(), 3);
+    }
+
+    #[rstest]
+    #[case::wrong_queue(FeatureType::A, serde_json::Value::Null, "schema_violation")]
+    #[case::bigint_overflow(FeatureType::B, serde_json::json!(u64::MAX), "schema_violation")]
+    #[case::negative_sequence(FeatureType::B, serde_json::json!(-1), "schema_violation")]
+    fn bad_messages_are_rejected_with_a_reason(
+        #[case] queue_type: FeatureType,
+        #[case] sequence: serde_json::Value,
+        #[case] code: &str,
+    ) {
+        let mut v = feature_b_json();
+        if !sequence.is_null() {
+            v["sequence"] = sequence;
+        }
+        let err = decode(queue_type, &serde_json::to_vec(&v).unwrap(), 1 << 20).unwrap_err();
+        assert_eq!(err.code(), code, "{err}");
+    }
+
+    #[test]
+    fn oversized_bodies_are_rejected() {
+        let body = serde_json::to_vec(&feature_b_json()).unwrap();
+        assert_eq!(decode(FeatureType::B, &body, 10).unwrap_err().code(), "oversized_payload");
+    }
+}

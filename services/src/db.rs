@@ -1,0 +1,370 @@
+//! PostgreSQL: the embedded schema migrations and every statement the data writer and the API
+//! share. All values travel as bind parameters; no SQL is ever built from data.
+
+use crate::amqp::Backoff;
+use crate::contract::{AnyFeature, FeatureType};
+use crate::runtime::ServiceError;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+use std::time::Duration;
+use tokio_postgres::{Client, GenericClient, NoTls, Row};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The migrations, in the order they are applied. Versions are the numeric file prefixes.
+pub const MIGRATIONS: &[Migration] =
+    &[Migration { version: 1, name: "0001_features.sql", sql: include_str!("../../fixtures/sql/0001_features.sql") }];
+
+/// Key of the transaction-scoped advisory lock that serialises migrations across processes
+/// (arbitrary, but fixed: every writer must use the same one). ASCII "apq-mig" as an integer.
+const MIGRATION_LOCK_KEY: i64 = 0x0061_7071_2d6d_6967;
+
+/// Name of the idempotency constraint (dropped by the `fault_ignore_unique` test hook).
+pub const UNIQUE_CONSTRAINT: &str = "features_message_id_key";
+
+/// One embedded schema migration.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Monotonic version recorded in `schema_migrations`.
+    pub version: i32,
+    /// File name under `fixtures/sql/`, for logs and the completeness test.
+    pub name: &'static str,
+    /// The SQL script (may hold several statements).
+    pub sql: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("value out of range for column {column}: {detail}")]
+    OutOfRange { column: &'static str, detail: String },
+    #[error("{0}")]
+    Schema(String),
+}
+
+impl From<DbError> for ServiceError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Postgres(e) => ServiceError::Db(e),
+            other => ServiceError::Other(other.to_string()),
+        }
+    }
+}
+
+/// Connects, retrying with exponential backoff until it works or `shutdown` fires (None). The
+/// connection task is spawned; when it ends (server restart), the client's calls start failing.
+pub async fn connect(url: &str, min: Duration, max: Duration, shutdown: &CancellationToken) -> Option<Client> {
+    let mut backoff = Backoff::new(min, max);
+    loop {
+        match tokio_postgres::connect(url, NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::warn!(error = %e, "database connection closed");
+                    }
+                });
+                return Some(client);
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database unreachable");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The API's connection pool. Nothing connects until the first checkout, so this works while the
+/// database is down; timeouts keep a dead database from hanging requests.
+pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, ServiceError> {
+    let cfg: tokio_postgres::Config = url.parse().map_err(|e| ServiceError::Pool(format!("bad database url: {e}")))?;
+    let mgr = deadpool_postgres::Manager::from_config(
+        cfg,
+        NoTls,
+        deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+    );
+    let t = Some(Duration::from_secs(2));
+    deadpool_postgres::Pool::builder(mgr)
+        .max_size(size.max(1))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(t)
+        .create_timeout(t)
+        .recycle_timeout(t)
+        .build()
+        .map_err(|e| ServiceError::Pool(e.to_string()))
+}
+
+/// Applies every embedded migration not yet recorded, in order, in one transaction that holds an
+/// advisory lock, so two writers starting together neither race nor apply anything twice.
+/// Returns the versions applied by this call.
+pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, DbError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    INT         PRIMARY KEY,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         )",
+    )
+    .await?;
+    let done: Vec<i32> =
+        tx.query("SELECT version FROM schema_migrations", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let mut applied = Vec::new();
+    for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+        tx.batch_execute(m.sql).await?;
+        tx.execute("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, now())", &[&m.version]).await?;
+        tracing::info!(version = m.version, name = m.name, "migration applied");
+        applied.push(m.version);
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Makes the idempotency constraint present (`want = true`) or absent (the fault hook). Restoring
+/// it fails with a clear error if an earlier faulty run left duplicate rows behind.
+pub async fn set_unique_constraint(client: &Client, want: bool) -> Result<(), DbError> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_constraint WHERE conname = $1 AND conrelid = 'features'::regclass",
+            &[&UNIQUE_CONSTRAINT],
+        )
+        .await?
+        .is_some();
+    match (want, exists) {
+        (false, true) => {
+            client.batch_execute("ALTER TABLE features DROP CONSTRAINT IF EXISTS features_message_id_key").await?;
+        }
+        (true, false) => {
+            client
+                .batch_execute("ALTER TABLE features ADD CONSTRAINT features_message_id_key UNIQUE (message_id)")
+                .await
+                .map_err(|e| DbError::Schema(format!("cannot restore the UNIQUE(message_id) constraint: {e}")))?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+const INSERT_IDEMPOTENT: &str = "INSERT INTO features
+    (message_id, feature_type, sensor_id, source_message_id, sequence, captured_at, processed_by, features)
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int8[], $6::timestamptz[], $7::text[], $8::jsonb[])
+    ON CONFLICT (message_id) DO NOTHING";
+
+/// The fault hook's variant: no conflict handling, so redeliveries become extra rows.
+const INSERT_IGNORING_UNIQUE: &str = "INSERT INTO features
+    (message_id, feature_type, sensor_id, source_message_id, sequence, captured_at, processed_by, features)
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int8[], $6::timestamptz[], $7::text[], $8::jsonb[])";
+
+/// Inserts a batch with ONE statement; returns the rows actually inserted (duplicates of an
+/// existing `message_id` are skipped unless `ignore_unique`).
+pub async fn insert_batch<C: GenericClient>(
+    client: &C,
+    batch: &[AnyFeature],
+    ignore_unique: bool,
+) -> Result<u64, DbError> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    // Sorted by key so that two writers inserting overlapping batches lock in the same order
+    // (no deadlock between them).
+    let mut rows: Vec<&AnyFeature> = batch.iter().collect();
+    rows.sort_by_key(|f| f.message_id());
+    let n = rows.len();
+    let (mut ids, mut types, mut sensors, mut sources) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut seqs, mut captured, mut by, mut features) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for f in rows {
+        ids.push(f.message_id());
+        types.push(f.feature_type().as_str());
+        sensors.push(f.sensor_id());
+        sources.push(f.source_message_id());
+        seqs.push(sequence_to_db(f.sequence())?);
+        captured.push(f.captured_at());
+        by.push(f.processed_by());
+        features.push(f.features_json());
+    }
+    let sql = if ignore_unique { INSERT_IGNORING_UNIQUE } else { INSERT_IDEMPOTENT };
+    Ok(client.execute(sql, &[&ids, &types, &sensors, &sources, &seqs, &captured, &by, &features]).await?)
+}
+
+/// `sequence` is a u64 on the wire and a BIGINT in the table.
+pub fn sequence_to_db(sequence: u64) -> Result<i64, DbError> {
+    i64::try_from(sequence)
+        .map_err(|_| DbError::OutOfRange { column: "sequence", detail: format!("{sequence} exceeds {}", i64::MAX) })
+}
+
+/// One stored feature, as the API serves it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeatureRow {
+    /// The feature message's id.
+    pub message_id: Uuid,
+    /// `A` or `B`.
+    pub feature_type: String,
+    /// The sensor that captured the audio.
+    pub sensor_id: String,
+    /// The audio chunk it derives from.
+    pub source_message_id: Uuid,
+    /// The chunk's per-sensor sequence number.
+    pub sequence: i64,
+    /// When the audio was captured (UTC, microseconds).
+    #[serde(serialize_with = "micros")]
+    pub captured_at: DateTime<Utc>,
+    /// The algorithm instance that produced it.
+    pub processed_by: String,
+    /// The `features` object as stored.
+    pub features: Value,
+    /// When the writer committed it (UTC, microseconds).
+    #[serde(serialize_with = "micros")]
+    pub written_at: DateTime<Utc>,
+}
+
+/// RFC 3339 in UTC with exactly six fractional digits (PostgreSQL's precision).
+pub fn format_micros(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn micros<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_micros(t))
+}
+
+impl FeatureRow {
+    fn from_row(r: &Row) -> Self {
+        FeatureRow {
+            message_id: r.get("message_id"),
+            feature_type: r.get("feature_type"),
+            sensor_id: r.get("sensor_id"),
+            source_message_id: r.get("source_message_id"),
+            sequence: r.get("sequence"),
+            captured_at: r.get("captured_at"),
+            processed_by: r.get("processed_by"),
+            features: r.get("features"),
+            written_at: r.get("written_at"),
+        }
+    }
+}
+
+/// The served columns, as a literal so the statements below stay compile-time constants.
+macro_rules! columns {
+    () => {
+        "message_id, feature_type, sensor_id, source_message_id, sequence, captured_at, processed_by, features, written_at"
+    };
+}
+
+/// The open bounds use ±infinity and the nil UUID instead of `IS NULL OR ...`, so the planner can
+/// use `features_history_idx` as a range.
+const HISTORY_SQL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM features
+     WHERE sensor_id = $1
+       AND feature_type = ANY($2::bpchar[])
+       AND captured_at >= COALESCE($3::timestamptz, '-infinity')
+       AND captured_at <  COALESCE($4::timestamptz, 'infinity')
+       AND (captured_at, message_id) > (COALESCE($5::timestamptz, '-infinity'),
+                                        COALESCE($6::uuid, '00000000-0000-0000-0000-000000000000'))
+     ORDER BY captured_at, message_id
+     LIMIT $7"
+);
+
+const GET_BY_ID_SQL: &str =
+    concat!("SELECT ", columns!(), " FROM features WHERE message_id = $1 ORDER BY id LIMIT 1");
+
+const LATEST_SQL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM features WHERE sensor_id = $1 AND feature_type = $2::bpchar
+     ORDER BY captured_at DESC, sequence DESC, message_id DESC LIMIT 1"
+);
+
+/// The historical query's filter; `None` means "no bound".
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryQuery {
+    /// Required sensor.
+    pub sensor_id: String,
+    /// One type, or both when `None`.
+    pub feature_type: Option<FeatureType>,
+    /// Inclusive lower bound on `captured_at`.
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive upper bound on `captured_at`.
+    pub to: Option<DateTime<Utc>>,
+    /// Keyset position: only rows strictly after `(captured_at, message_id)`.
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+    /// Rows to fetch.
+    pub limit: i64,
+}
+
+/// Keyset page ordered by `(captured_at, message_id)`.
+pub async fn history<C: GenericClient>(client: &C, q: &HistoryQuery) -> Result<Vec<FeatureRow>, DbError> {
+    let types: Vec<&str> = match q.feature_type {
+        Some(t) => vec![t.as_str()],
+        None => vec!["A", "B"],
+    };
+    let (after_t, after_id) = match q.after {
+        Some((t, id)) => (Some(t), Some(id)),
+        None => (None, None),
+    };
+    let rows = client.query(HISTORY_SQL, &[&q.sensor_id, &types, &q.from, &q.to, &after_t, &after_id, &q.limit]).await?;
+    Ok(rows.iter().map(FeatureRow::from_row).collect())
+}
+
+/// One row by its message id (the first, should the fault hook have duplicated it).
+pub async fn get_by_id<C: GenericClient>(client: &C, message_id: Uuid) -> Result<Option<FeatureRow>, DbError> {
+    Ok(client.query_opt(GET_BY_ID_SQL, &[&message_id]).await?.as_ref().map(FeatureRow::from_row))
+}
+
+/// The newest row of a sensor and type by `(captured_at, sequence, message_id)` — the same order
+/// the API's cache uses, so tests can compare the two.
+pub async fn latest<C: GenericClient>(
+    client: &C,
+    sensor_id: &str,
+    feature_type: FeatureType,
+) -> Result<Option<FeatureRow>, DbError> {
+    Ok(client.query_opt(LATEST_SQL, &[&sensor_id, &feature_type.as_str()]).await?.as_ref().map(FeatureRow::from_row))
+}
+
+/// Rows stored for a message id (more than 1 only under the fault hook).
+pub async fn count_by_id<C: GenericClient>(client: &C, message_id: Uuid) -> Result<i64, DbError> {
+    Ok(client.query_one("SELECT count(*) FROM features WHERE message_id = $1", &[&message_id]).await?.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sql_fixture_is_embedded_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/sql");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let embedded: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
+        assert_eq!(files, embedded, "a file under fixtures/sql is not registered in db::MIGRATIONS");
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i32 + 1);
+            assert!(m.name.starts_with(&format!("{:04}_", m.version)), "{}", m.name);
+            let on_disk = std::fs::read_to_string(dir.join(m.name)).unwrap();
+            assert_eq!(on_disk, m.sql);
+        }
+    }
+
+    #[test]
+    fn sequences_beyond_bigint_are_refused() {
+        assert_eq!(sequence_to_db(i64::MAX as u64).unwrap(), i64::MAX);
+        assert!(matches!(sequence_to_db(i64::MAX as u64 + 1), Err(DbError::OutOfRange { .. })));
+    }
+
+    #[test]
+    fn timestamps_render_in_utc_with_microseconds() {
+        let t = DateTime::parse_from_rfc3339("2024-03-01T12:00:00.1234567+02:00").unwrap().with_timezone(&Utc);
+        assert_eq!(format_micros(&t), "2024-03-01T10:00:00.123456Z");
+    }
+}

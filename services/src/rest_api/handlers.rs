@@ -1,0 +1,113 @@
+//! The endpoint handlers. Extraction failures are turned into validation problems here, so
+//! axum's plain-text rejections never reach a client.
+
+use super::AppState;
+use super::problem::{ApiError, Code};
+use super::query::{self, Cursor};
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The OpenAPI document, served byte for byte as it is in the repository.
+pub const OPENAPI: &str = include_str!("../../../fixtures/contracts/openapi.json");
+
+/// Upper bound on any one request's database work (pool checkout included).
+const DB_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Pairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+fn pairs(q: Pairs) -> Result<Vec<(String, String)>, ApiError> {
+    q.map(|Query(p)| p).map_err(|_| ApiError::invalid("query", "the query string is not valid URL encoding"))
+}
+
+fn path_param(p: Result<Path<String>, PathRejection>, name: &str) -> Result<String, ApiError> {
+    p.map(|Path(s)| s).map_err(|_| ApiError::invalid(name, "is not valid UTF-8 after percent-decoding"))
+}
+
+/// Runs database work with a pooled client, mapping every failure (pool, timeout, SQL) to 503.
+async fn with_db<T, F, Fut>(state: &AppState, work: F) -> Result<T, ApiError>
+where
+    F: FnOnce(deadpool_postgres::Object) -> Fut,
+    Fut: Future<Output = Result<T, crate::db::DbError>>,
+{
+    let run = async {
+        let client = state.pool.get().await.map_err(|e| ApiError::db_unavailable(&e))?;
+        work(client).await.map_err(|e| ApiError::db_unavailable(&e))
+    };
+    tokio::time::timeout(DB_TIMEOUT, run).await.unwrap_or_else(|_| Err(ApiError::db_unavailable(&"timed out")))
+}
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    with_db(&state, |c| async move {
+        c.query_one("SELECT 1", &[]).await?;
+        Ok(())
+    })
+    .await?;
+    if !state.cache_health.is_ready() {
+        return Err(ApiError::new(Code::NotReady, "the latest-feature cache is not consuming yet"));
+    }
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], OPENAPI).into_response()
+}
+
+/// `GET /v1/sensors/{sensor_id}/features/latest?type=A|B`: the cached message, as published.
+pub async fn latest(
+    State(state): State<Arc<AppState>>,
+    sensor_id: Result<Path<String>, PathRejection>,
+    q: Pairs,
+) -> Result<Response, ApiError> {
+    let sensor_id = path_param(sensor_id, "sensor_id")?;
+    let feature_type = query::latest_params(&sensor_id, &pairs(q)?)?;
+    let body = state.cache.get(&sensor_id, feature_type).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no Feature {} message has been seen for sensor {sensor_id} since this API instance started",
+            feature_type.as_str()
+        ))
+    })?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+}
+
+/// `GET /v1/features?...`: one keyset page of stored rows.
+pub async fn history(State(state): State<Arc<AppState>>, q: Pairs) -> Result<Response, ApiError> {
+    let (query, limit) = query::history_params(&pairs(q)?, state.default_limit, state.max_limit)?;
+    let mut rows = with_db(&state, |c| async move { crate::db::history(&**c, &query).await }).await?;
+    let next_cursor = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| Cursor { t: r.captured_at, id: r.message_id }.encode())
+    } else {
+        None
+    };
+    Ok(Json(json!({ "items": rows, "next_cursor": next_cursor })).into_response())
+}
+
+/// `GET /v1/features/{message_id}`: one stored row.
+pub async fn by_id(
+    State(state): State<Arc<AppState>>,
+    message_id: Result<Path<String>, PathRejection>,
+    q: Pairs,
+) -> Result<Response, ApiError> {
+    let raw = path_param(message_id, "message_id")?;
+    let id = query::by_id_params(&raw, &pairs(q)?)?;
+    let row = with_db(&state, |c| async move { crate::db::get_by_id(&**c, id).await }).await?;
+    match row {
+        Some(r) => Ok(Json(r).into_response()),
+        None => Err(ApiError::not_found(format!("no feature with message_id {id}"))),
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such resource")
+}

@@ -1,0 +1,96 @@
+//! Exchange and queue names and their declarations. A non-empty namespace prefixes every name
+//! (`<ns>.audio_stream`), which is how isolated copies of the pipeline share one broker.
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+
+/// Every name the pipeline uses, resolved for one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// The namespace these names were built for (empty for none).
+    pub namespace: String,
+}
+
+impl Names {
+    pub fn new(namespace: &str) -> Self {
+        Self { namespace: namespace.to_string() }
+    }
+
+    fn n(&self, base: &str) -> String {
+        if self.namespace.is_empty() { base.to_string() } else { format!("{}.{base}", self.namespace) }
+    }
+
+    /// Work queue of audio chunks (competing Algorithm A consumers).
+    pub fn audio_stream(&self) -> String {
+        self.n("audio_stream")
+    }
+    pub fn audio_stream_dlq(&self) -> String {
+        self.n("audio_stream.dlq")
+    }
+    pub fn features_a(&self) -> String {
+        self.n("features_a")
+    }
+    pub fn features_b(&self) -> String {
+        self.n("features_b")
+    }
+    /// Algorithm B's shared queue on `features_a` (M instances compete on it).
+    pub fn algorithm_b_queue(&self) -> String {
+        self.n("features_a.algorithm_b")
+    }
+    /// DataWriter's queues, one per fanout.
+    pub fn writer_queue_a(&self) -> String {
+        self.n("features_a.data_writer")
+    }
+    pub fn writer_queue_b(&self) -> String {
+        self.n("features_b.data_writer")
+    }
+    /// Dead letters of the REST API's exclusive cache queues.
+    pub fn rest_api_dlq(&self) -> String {
+        self.n("rest_api.dlq")
+    }
+    /// The dead-letter queue that belongs to a durable consumer queue.
+    pub fn dlq_of(queue: &str) -> String {
+        format!("{queue}.dlq")
+    }
+
+    /// Every durable queue, for clean-up of a namespace.
+    pub fn all_queues(&self) -> Vec<String> {
+        let mut v = vec![self.audio_stream(), self.audio_stream_dlq(), self.rest_api_dlq()];
+        for q in [self.algorithm_b_queue(), self.writer_queue_a(), self.writer_queue_b()] {
+            v.push(Self::dlq_of(&q));
+            v.push(q);
+        }
+        v
+    }
+    pub fn all_exchanges(&self) -> Vec<String> {
+        vec![self.features_a(), self.features_b()]
+    }
+}
+
+/// Declares a durable queue with no arguments (idempotent).
+pub async fn durable_queue(ch: &Channel, name: &str) -> lapin::Result<()> {
+    ch.queue_declare(name.into(), QueueDeclareOptions::durable(), FieldTable::default()).await.map(|_| ())
+}
+
+/// Declares a durable fanout exchange (idempotent).
+pub async fn fanout(ch: &Channel, name: &str) -> lapin::Result<()> {
+    let opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare(name.into(), ExchangeKind::Fanout, opts, FieldTable::default()).await
+}
+
+/// Declares a durable consumer queue, its DLQ, the exchange and the binding.
+pub async fn bound_queue(ch: &Channel, exchange: &str, queue: &str) -> lapin::Result<()> {
+    fanout(ch, exchange).await?;
+    durable_queue(ch, queue).await?;
+    durable_queue(ch, &Names::dlq_of(queue)).await?;
+    ch.queue_bind(queue.into(), exchange.into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await
+}
+
+/// The work queue and its DLQ.
+pub async fn audio_stream(ch: &Channel, names: &Names) -> lapin::Result<()> {
+    durable_queue(ch, &names.audio_stream()).await?;
+    durable_queue(ch, &names.audio_stream_dlq()).await
+}

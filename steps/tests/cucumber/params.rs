@@ -1,0 +1,121 @@
+//! Typed step parameters: signals, feature types, components, durations, malformations.
+
+use cucumber::Parameter;
+use services::dsp::Signal;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A test signal as a QA engineer writes it.
+#[derive(Debug, Clone, Copy, Parameter)]
+#[param(
+    name = "signal",
+    regex = r"(?:silence|white noise at amplitude [0-9.]+|[0-9.]+ Hz sine at amplitude [0-9.]+|[0-9.]+ Hz sine clipped at gain [0-9.]+)"
+)]
+pub struct SignalParam(pub Signal);
+
+impl FromStr for SignalParam {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let num = |t: &str| t.parse::<f64>().map_err(|e| format!("{t:?} in {s:?}: {e}"));
+        let words: Vec<&str> = s.split_whitespace().collect();
+        let signal = match words.as_slice() {
+            ["silence"] => Signal::Silence,
+            ["white", "noise", "at", "amplitude", a] => Signal::WhiteNoise { amplitude: num(a)?, seed: rand::random() },
+            [f, "Hz", "sine", "at", "amplitude", a] => Signal::Sine { frequency_hz: num(f)?, amplitude: num(a)? },
+            [f, "Hz", "sine", "clipped", "at", "gain", g] => Signal::ClippedSine { frequency_hz: num(f)?, gain: num(g)? },
+            _ => return Err(format!("unknown signal {s:?}")),
+        };
+        Ok(SignalParam(signal))
+    }
+}
+
+/// `A` or `B`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Parameter)]
+#[param(name = "type", regex = "[AB]")]
+pub struct FeatureTypeParam(pub services::contract::FeatureType);
+
+impl FromStr for FeatureTypeParam {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse().map(FeatureTypeParam)
+    }
+}
+
+impl FeatureTypeParam {
+    pub fn letter(self) -> &'static str {
+        self.0.as_str()
+    }
+    pub fn source(self) -> harness::amqp::Source {
+        match self.0 {
+            services::contract::FeatureType::A => harness::amqp::Source::FeatureA,
+            services::contract::FeatureType::B => harness::amqp::Source::FeatureB,
+        }
+    }
+}
+
+/// A pipeline component a step can start, stop, kill or scale.
+#[derive(Debug, Clone, Copy, Parameter)]
+#[param(name = "component", regex = "Algorithm A|Algorithm B|data writer|REST API")]
+pub struct ComponentParam(pub harness::sut::Component);
+
+impl FromStr for ComponentParam {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse().map(ComponentParam)
+    }
+}
+
+/// `250 ms`, `2 s`, `1.5s`.
+#[derive(Debug, Clone, Copy, Parameter)]
+#[param(name = "duration", regex = r"[0-9.]+ ?(?:ms|s)")]
+pub struct DurationParam(pub Duration);
+
+impl FromStr for DurationParam {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.replace(' ', "");
+        let (n, unit) = if let Some(n) = s.strip_suffix("ms") { (n, 1e-3) } else { (s.trim_end_matches('s'), 1.0) };
+        let v: f64 = n.parse().map_err(|e| format!("duration {s:?}: {e}"))?;
+        Ok(DurationParam(Duration::from_secs_f64(v * unit)))
+    }
+}
+
+/// The ways a chunk can be broken on the bus, each with the DLQ reason code it must get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Parameter)]
+#[param(
+    name = "malformation",
+    regex = "not JSON|schema version 2|no sensor_id|a NaN sample|an infinite sample|sample rate 12345|an oversized payload|invalid base64|a partial frame|an invalid message_id|3 channels"
+)]
+pub enum Malformation {
+    NotJson,
+    SchemaVersion2,
+    NoSensorId,
+    NanSample,
+    InfiniteSample,
+    WrongSampleRate,
+    Oversized,
+    InvalidBase64,
+    PartialFrame,
+    InvalidMessageId,
+    ThreeChannels,
+}
+
+impl FromStr for Malformation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "not JSON" => Malformation::NotJson,
+            "schema version 2" => Malformation::SchemaVersion2,
+            "no sensor_id" => Malformation::NoSensorId,
+            "a NaN sample" => Malformation::NanSample,
+            "an infinite sample" => Malformation::InfiniteSample,
+            "sample rate 12345" => Malformation::WrongSampleRate,
+            "an oversized payload" => Malformation::Oversized,
+            "invalid base64" => Malformation::InvalidBase64,
+            "a partial frame" => Malformation::PartialFrame,
+            "an invalid message_id" => Malformation::InvalidMessageId,
+            "3 channels" => Malformation::ThreeChannels,
+            other => return Err(format!("unknown malformation {other:?}")),
+        })
+    }
+}

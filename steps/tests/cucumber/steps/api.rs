@@ -1,0 +1,318 @@
+//! The REST API, as a client sees it: auth, endpoints, validation, pagination, rate limiting.
+
+use crate::params::FeatureTypeParam;
+use crate::world::World;
+use anyhow::{Context, bail, ensure};
+use cucumber::{then, when};
+use harness::api::{Auth, HistoryQuery};
+use harness::eventually::{Check, eventually};
+use serde_json::Value;
+
+fn auth_of(spec: &str) -> Auth {
+    match spec {
+        "none" => Auth::None,
+        "the valid token" => Auth::Default,
+        other => Auth::Header(other.to_string()),
+    }
+}
+
+#[when(expr = "I call GET {string} with authorization {string}")]
+async fn call_with_auth(w: &mut World, path: String, auth: String) -> anyhow::Result<()> {
+    let path = path.replace("{sensor}", &w.sensor("probe"));
+    let r = w.api()?.send("GET", &path, &[], auth_of(&auth)).await?;
+    w.set_response(r);
+    Ok(())
+}
+
+#[when(expr = "I call {word} {string}")]
+async fn call_method(w: &mut World, method: String, path: String) -> anyhow::Result<()> {
+    let path = path.replace("{sensor}", &w.sensor("probe"));
+    let r = w.api()?.send(&method, &path, &[], Auth::Default).await?;
+    w.set_response(r);
+    Ok(())
+}
+
+#[when(expr = "I ask the API for the latest Feature {type} of sensor {string}")]
+async fn latest(w: &mut World, t: FeatureTypeParam, sensor: String) -> anyhow::Result<()> {
+    let r = w.api()?.latest(&w.sensor(&sensor), t.letter()).await?;
+    w.set_response(r);
+    Ok(())
+}
+
+#[when(expr = "I ask the API for the latest features of sensor {string} with type {string}")]
+async fn latest_raw_type(w: &mut World, sensor: String, t: String) -> anyhow::Result<()> {
+    let r = w.api()?.latest(&w.sensor(&sensor), &t).await?;
+    w.set_response(r);
+    Ok(())
+}
+
+#[when(expr = "I ask the API for the history of sensor {string}")]
+async fn history(w: &mut World, sensor: String) -> anyhow::Result<()> {
+    let q = HistoryQuery { sensor_id: Some(w.sensor(&sensor)), ..Default::default() };
+    let r = w.api()?.history(&q).await?;
+    w.set_response(r);
+    Ok(())
+}
+
+/// `param` is one of sensor_id, type, from, to, limit, cursor or any other name (sent verbatim).
+#[when(expr = "I ask the API for the history of sensor {string} with {word} {string}")]
+async fn history_with(w: &mut World, sensor: String, param: String, value: String) -> anyhow::Result<()> {
+    let mut q = HistoryQuery { sensor_id: Some(w.sensor(&sensor)), ..Default::default() };
+    match param.as_str() {
+        "sensor_id" => q.sensor_id = Some(value),
+        "type" => q.feature_type = Some(value),
+        "from" => q.from = Some(value),
+        "to" => q.to = Some(value),
+        "limit" => q.limit = Some(value),
+        "cursor" => q.cursor = Some(value),
+        _ => q.extra.push((param, value)),
+    }
+    let r = w.api()?.history(&q).await?;
+    w.set_response(r);
+    Ok(())
+}
+
+#[when(expr = "I ask the API for the Feature {type} history of sensor {string} from {string} to {string}")]
+async fn history_range(w: &mut World, t: FeatureTypeParam, sensor: String, from: String, to: String) -> anyhow::Result<()> {
+    let q = HistoryQuery {
+        sensor_id: Some(w.sensor(&sensor)),
+        feature_type: Some(t.letter().into()),
+        from: Some(from),
+        to: Some(to),
+        limit: Some("1000".into()),
+        ..Default::default()
+    };
+    let r = w.api()?.history(&q).await?;
+    w.set_response(r);
+    Ok(())
+}
+
+#[when(expr = "I ask the API for feature {string}")]
+async fn by_literal_id(w: &mut World, id: String) -> anyhow::Result<()> {
+    let r = w.api()?.by_id(&id).await?;
+    w.set_response(r);
+    Ok(())
+}
+
+#[when(expr = "I ask the API for seeded row {int} by its message id")]
+async fn by_seeded_id(w: &mut World, index: usize) -> anyhow::Result<()> {
+    let row = w.seeded.get(index).with_context(|| format!("only {} rows were seeded", w.seeded.len()))?;
+    let r = w.api()?.by_id(&row.message_id.to_string()).await?;
+    w.set_response(r);
+    Ok(())
+}
+
+#[then(expr = "the response status is {int}")]
+async fn status_is(w: &mut World, status: u16) -> anyhow::Result<()> {
+    w.response()?.expect_status(status).map(|_| ())
+}
+
+#[then(expr = "the response is a problem with status {int}")]
+async fn problem(w: &mut World, status: u16) -> anyhow::Result<()> {
+    let r = w.response()?;
+    r.expect_status(status)?;
+    let ct = r.header("content-type").unwrap_or("");
+    ensure!(ct.starts_with("application/problem+json"), "expected content-type application/problem+json, got {ct:?}; body {}", r.body);
+    let body = r.json()?;
+    ensure!(body["status"] == status, "problem body status {} differs from HTTP status {status}", body["status"]);
+    for field in ["type", "title"] {
+        ensure!(body[field].as_str().is_some_and(|s| !s.is_empty()), "problem body lacks {field:?}: {body}");
+    }
+    let text = r.body.to_lowercase();
+    ensure!(!text.contains("panicked") && !text.contains("stack backtrace") && !text.contains(".rs:"), "problem body leaks internals: {}", r.body);
+    Ok(())
+}
+
+#[then(expr = "the problem names the invalid parameter {string}")]
+async fn problem_names(w: &mut World, param: String) -> anyhow::Result<()> {
+    let body = w.response()?.json()?;
+    let names: Vec<&str> = body["invalid_params"].as_array().map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect()).unwrap_or_default();
+    ensure!(names.contains(&param.as_str()), "expected invalid_params to name {param:?}; got {names:?} in {body}");
+    Ok(())
+}
+
+#[then(expr = "the response has header {string} containing {string}")]
+async fn header_contains(w: &mut World, name: String, needle: String) -> anyhow::Result<()> {
+    let r = w.response()?;
+    let v = r.header(&name).with_context(|| format!("no {name} header; headers: {:?}", r.headers))?;
+    ensure!(v.contains(&needle), "header {name}: expected to contain {needle:?}, got {v:?}");
+    Ok(())
+}
+
+#[then("the response carries the security headers")]
+async fn security_headers(w: &mut World) -> anyhow::Result<()> {
+    let r = w.response()?;
+    for (name, want) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("cache-control", "no-store"),
+        ("content-security-policy", "default-src 'none'"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        let got = r.header(name).unwrap_or("<missing>");
+        ensure!(got.contains(want), "header {name}: expected {want:?}, got {got:?}");
+    }
+    Ok(())
+}
+
+#[then(expr = "the response body has {string} equal to {string}")]
+async fn body_field(w: &mut World, pointer: String, expected: String) -> anyhow::Result<()> {
+    let body = w.response()?.json()?;
+    let got = body.pointer(&pointer).with_context(|| format!("no {pointer} in {body}"))?;
+    let got_text = got.as_str().map(String::from).unwrap_or_else(|| got.to_string());
+    ensure!(got_text == expected, "{pointer}: expected {expected:?}, got {got_text:?}");
+    Ok(())
+}
+
+#[then(expr = "the response lists {int} row(s)")]
+async fn lists_n(w: &mut World, n: usize) -> anyhow::Result<()> {
+    let body = w.response()?.expect_status(200)?.json()?;
+    let items = body["items"].as_array().with_context(|| format!("no items array in {body}"))?;
+    ensure!(items.len() == n, "expected {n} rows, got {}: {}", items.len(), body);
+    Ok(())
+}
+
+#[then(expr = "the response lists exactly the seeded rows {int} to {int}")]
+async fn lists_seeded_range(w: &mut World, first: usize, last: usize) -> anyhow::Result<()> {
+    let body = w.response()?.expect_status(200)?.json()?;
+    let got: Vec<String> = body["items"].as_array().context("no items")?.iter().filter_map(|i| i["message_id"].as_str().map(String::from)).collect();
+    let want: Vec<String> = w.seeded[first..=last].iter().map(|r| r.message_id.to_string()).collect();
+    ensure!(got == want, "expected seeded rows {first}..={last} ({} ids), got {} ids\n  expected {:?}\n  got      {:?}", want.len(), got.len(), want, got);
+    Ok(())
+}
+
+#[then(expr = "the response equals seeded row {int}")]
+async fn equals_seeded(w: &mut World, index: usize) -> anyhow::Result<()> {
+    let body = w.response()?.expect_status(200)?.json()?;
+    let row = &w.seeded[index];
+    let mut want = row.to_json();
+    let mut got = body.clone();
+    // written_at is set by the database clock; the rest must match exactly.
+    for v in [&mut want, &mut got] {
+        v.as_object_mut().map(|o| o.remove("written_at"));
+    }
+    let diffs = harness::json_match::diff(&want, &got, &harness::json_match::MatchOptions::exact());
+    ensure!(diffs.is_empty(), "row differs from what was stored:\n  {}", diffs.join("\n  "));
+    Ok(())
+}
+
+#[then(expr = "paging through the Feature {type} history of sensor {string} {int} rows at a time returns every seeded row exactly once, in order")]
+async fn paging(w: &mut World, t: FeatureTypeParam, sensor: String, page: u32) -> anyhow::Result<()> {
+    let items = w.api()?.history_all(&w.sensor(&sensor), t.letter(), Some(page)).await?;
+    let got: Vec<String> = items.iter().filter_map(|i| i["message_id"].as_str().map(String::from)).collect();
+    let mut seeded = w.seeded.clone();
+    seeded.sort_by(|a, b| (a.captured_at, a.message_id).cmp(&(b.captured_at, b.message_id)));
+    let want: Vec<String> = seeded.iter().map(|r| r.message_id.to_string()).collect();
+    let mut unique = got.clone();
+    unique.sort();
+    unique.dedup();
+    ensure!(unique.len() == got.len(), "{} rows were returned more than once", got.len() - unique.len());
+    let missing: Vec<&String> = want.iter().filter(|id| !got.contains(id)).collect();
+    ensure!(missing.is_empty(), "{} seeded rows never appeared (first: {:?})", missing.len(), missing.first());
+    ensure!(got == want, "rows are not in (captured_at, message_id) order");
+    Ok(())
+}
+
+#[then(expr = "the response only contains rows of sensor {string}")]
+async fn only_sensor(w: &mut World, sensor: String) -> anyhow::Result<()> {
+    let r = w.response()?;
+    ensure!(r.status < 500, "server error {}: {}", r.status, r.body);
+    if r.status == 200 {
+        let want = w.sensor(&sensor);
+        let body = r.json()?;
+        for item in body["items"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            ensure!(item["sensor_id"] == want.as_str(), "a row of another sensor leaked: {item}");
+        }
+    }
+    Ok(())
+}
+
+#[then(expr = "the API eventually serves the latest Feature {type} of sensor {string} from its last chunk")]
+async fn eventually_latest(w: &mut World, t: FeatureTypeParam, sensor: String) -> anyhow::Result<()> {
+    let last = w.chunks_of(&sensor).last().map(|c| c.message_id).context("no chunk was published for this sensor")?;
+    let api = w.api()?.clone();
+    let sensor_id = w.sensor(&sensor);
+    let letter = t.letter();
+    let body = eventually(
+        &format!("the latest Feature {letter} of {sensor:?}"),
+        &format!("a Feature {letter} whose source_message_id is {last}"),
+        &w.backoff(),
+        || {
+            let (api, sensor_id) = (api.clone(), sensor_id.clone());
+            async move {
+                let r = api.latest(&sensor_id, letter).await?;
+                if r.status != 200 {
+                    return Ok(Check::NotYet { observed: format!("status {}: {}", r.status, r.body.chars().take(200).collect::<String>()) });
+                }
+                let body = r.json()?;
+                Ok(if body["source_message_id"] == last.to_string() {
+                    Check::Done(body)
+                } else {
+                    Check::NotYet { observed: format!("source_message_id {}", body["source_message_id"]) }
+                })
+            }
+        },
+    )
+    .await?
+    .value;
+    w.ledger.record_api_seen(last);
+    let errors = harness::json_match::validate_contract(t.0.kind(), &body).err().unwrap_or_default();
+    ensure!(errors.is_empty(), "the API served a message that breaks the contract: {errors:?}");
+    Ok(())
+}
+
+#[then(expr = "the latest Feature {type} of sensor {string} from the API equals the newest stored row")]
+async fn latest_equals_newest(w: &mut World, t: FeatureTypeParam, sensor: String) -> anyhow::Result<()> {
+    let sensor_id = w.sensor(&sensor);
+    let newest = w.env.db.newest_row(&sensor_id, t.letter()).await?.context("no stored row")?;
+    let r = w.api()?.latest(&sensor_id, t.letter()).await?;
+    let body = r.expect_status(200)?.json()?;
+    ensure!(
+        body["message_id"] == newest.message_id.to_string(),
+        "cache and database disagree: API latest {} (seq {}), newest row {} (seq {})",
+        body["message_id"],
+        body["sequence"],
+        newest.message_id,
+        newest.sequence
+    );
+    ensure!(body["features"] == newest.features, "features differ: API {} vs row {}", body["features"], newest.features);
+    Ok(())
+}
+
+#[then("the OpenAPI document served equals fixtures/contracts/openapi.json")]
+async fn openapi_same(w: &mut World) -> anyhow::Result<()> {
+    let r = w.api()?.openapi().await?;
+    r.expect_status(200)?;
+    let file = std::fs::read_to_string(crate::workspace_root().join("fixtures/contracts/openapi.json"))?;
+    let served: Value = r.json()?;
+    let on_disk: Value = serde_json::from_str(&file)?;
+    if served != on_disk {
+        bail!("the served OpenAPI document differs from fixtures/contracts/openapi.json");
+    }
+    Ok(())
+}
+
+#[when(expr = "I send {int} requests for the latest Feature A of sensor {string} at once")]
+async fn burst(w: &mut World, n: usize, sensor: String) -> anyhow::Result<()> {
+    let api = w.api()?.clone();
+    let sensor_id = w.sensor(&sensor);
+    let futures = (0..n).map(|_| {
+        let (api, sensor_id) = (api.clone(), sensor_id.clone());
+        async move { api.latest(&sensor_id, "A").await }
+    });
+    w.responses = futures::future::try_join_all(futures).await?;
+    Ok(())
+}
+
+#[then(expr = "at least {int} of them are rejected with 429 and a Retry-After header")]
+async fn some_429(w: &mut World, min: usize) -> anyhow::Result<()> {
+    let limited: Vec<_> = w.responses.iter().filter(|r| r.status == 429).collect();
+    ensure!(limited.len() >= min, "expected at least {min} responses with 429, got {} (statuses {:?})", limited.len(), w.responses.iter().map(|r| r.status).collect::<Vec<_>>());
+    for r in limited {
+        let ra = r.header("retry-after").context("a 429 without Retry-After")?;
+        ensure!(ra.parse::<u64>().is_ok_and(|s| s >= 1), "Retry-After must be whole seconds >= 1, got {ra:?}");
+    }
+    let others: Vec<u16> = w.responses.iter().map(|r| r.status).filter(|s| *s != 429 && *s != 200 && *s != 404).collect();
+    ensure!(others.is_empty(), "unexpected statuses besides 200/404/429: {others:?}");
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! Publishing audio: good chunks from generated signals or WAV fixtures, and broken ones.
+
+use crate::params::{Malformation, SignalParam};
+use crate::world::{ChunkShape, World};
+use base64::Engine as _;
+use cucumber::when;
+use harness::amqp::RawMessage;
+use services::contract::{AudioChunk, Encoding};
+use services::dsp::Signal;
+
+#[when(expr = "sensor {string} publishes {int} chunk(s) of {signal}")]
+async fn publish_n(w: &mut World, sensor: String, n: usize, signal: SignalParam) -> anyhow::Result<()> {
+    w.publish_signal(&sensor, signal.0, n, ChunkShape::default()).await.map(|_| ())
+}
+
+#[when(expr = "sensor {string} publishes a {int} ms chunk of {signal} sampled at {int} Hz")]
+async fn publish_shaped(w: &mut World, sensor: String, ms: u32, signal: SignalParam, rate: u32) -> anyhow::Result<()> {
+    let shape = ChunkShape { sample_rate: rate, chunk_ms: ms, ..Default::default() };
+    w.publish_signal(&sensor, signal.0, 1, shape).await.map(|_| ())
+}
+
+#[when(expr = "sensor {string} publishes a stereo chunk of {signal}")]
+async fn publish_stereo(w: &mut World, sensor: String, signal: SignalParam) -> anyhow::Result<()> {
+    let shape = ChunkShape { channels: 2, ..Default::default() };
+    w.publish_signal(&sensor, signal.0, 1, shape).await.map(|_| ())
+}
+
+#[when(expr = "sensor {string} publishes a 16-bit PCM chunk of {signal}")]
+async fn publish_s16(w: &mut World, sensor: String, signal: SignalParam) -> anyhow::Result<()> {
+    let shape = ChunkShape { encoding: Encoding::PcmS16le, ..Default::default() };
+    w.publish_signal(&sensor, signal.0, 1, shape).await.map(|_| ())
+}
+
+#[when(expr = "sensor {string} streams the WAV fixture {string}")]
+async fn publish_wav(w: &mut World, sensor: String, fixture: String) -> anyhow::Result<()> {
+    let path = crate::workspace_root().join("fixtures/audio").join(&fixture);
+    let (samples, rate, channels) =
+        services::dsp::read_wav(&path).map_err(|e| anyhow::anyhow!("reading WAV fixture {}: {e}", path.display()))?;
+    let frames_per_chunk = (rate / 10) as usize * channels as usize;
+    let sensor_id = w.sensor(&sensor);
+    for part in samples.chunks(frames_per_chunk) {
+        let seq = *w.sequences.get(&sensor_id).unwrap_or(&0);
+        let at = w.t0 + chrono::Duration::milliseconds(seq as i64 * 100);
+        let chunk = AudioChunk::from_samples(&sensor_id, seq, at, rate, channels, Encoding::PcmF32le, part);
+        w.publish_chunk(chunk).await?;
+    }
+    Ok(())
+}
+
+#[when(expr = "sensor {string} publishes the same chunk of {signal} twice")]
+async fn publish_twice(w: &mut World, sensor: String, signal: SignalParam) -> anyhow::Result<()> {
+    let chunk = w.publish_signal(&sensor, signal.0, 1, ChunkShape::default()).await?.remove(0);
+    w.pipeline().publisher.chunk(&chunk).await
+}
+
+/// Publishes a chunk broken in one way; the AMQP message_id property still identifies it.
+#[when(expr = "sensor {string} publishes a chunk with {malformation}")]
+async fn publish_malformed(w: &mut World, sensor: String, how: Malformation) -> anyhow::Result<()> {
+    let sensor_id = w.sensor(&sensor);
+    let seq = *w.sequences.get(&sensor_id).unwrap_or(&0);
+    let good = AudioChunk::from_samples(
+        &sensor_id,
+        seq,
+        w.t0,
+        16_000,
+        1,
+        Encoding::PcmF32le,
+        &Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600),
+    );
+    let mut v = serde_json::to_value(&good)?;
+    let f32_b64 = |xs: &[f32]| {
+        base64::engine::general_purpose::STANDARD.encode(xs.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+    };
+    let body: Vec<u8> = match how {
+        Malformation::NotJson => b"{this is not json".to_vec(),
+        Malformation::SchemaVersion2 => {
+            v["schema_version"] = 2.into();
+            serde_json::to_vec(&v)?
+        }
+        Malformation::NoSensorId => {
+            v.as_object_mut().expect("object").remove("sensor_id");
+            serde_json::to_vec(&v)?
+        }
+        Malformation::NanSample => {
+            v["samples"] = f32_b64(&[0.1, f32::NAN, 0.2, 0.3]).into();
+            serde_json::to_vec(&v)?
+        }
+        Malformation::InfiniteSample => {
+            v["samples"] = f32_b64(&[0.1, f32::INFINITY, 0.2, 0.3]).into();
+            serde_json::to_vec(&v)?
+        }
+        Malformation::WrongSampleRate => {
+            v["sample_rate"] = 12345.into();
+            serde_json::to_vec(&v)?
+        }
+        Malformation::Oversized => {
+            // Larger than the consumers' default 4 MiB limit.
+            v["samples"] = "A".repeat(5 * 1024 * 1024).into();
+            serde_json::to_vec(&v)?
+        }
+        Malformation::InvalidBase64 => {
+            v["samples"] = "!!!!not-base64!!!!".into();
+            serde_json::to_vec(&v)?
+        }
+        Malformation::PartialFrame => {
+            v["samples"] = base64::engine::general_purpose::STANDARD.encode([0u8; 7]).into();
+            serde_json::to_vec(&v)?
+        }
+        Malformation::InvalidMessageId => {
+            v["message_id"] = "not-a-uuid".into();
+            serde_json::to_vec(&v)?
+        }
+        Malformation::ThreeChannels => {
+            v["channels"] = 3.into();
+            serde_json::to_vec(&v)?
+        }
+    };
+    let message_id = uuid::Uuid::new_v4().to_string();
+    let msg = RawMessage { body, message_id: Some(message_id.clone()), sensor_id: Some(sensor_id.clone()), ..Default::default() };
+    w.pipeline().publisher.raw(&msg).await?;
+    w.raw_ids.entry(sensor_id).or_default().push(message_id);
+    Ok(())
+}
+
+#[when(expr = "sensor {string} publishes a chunk with an extra optional field {string}")]
+async fn publish_extra_field(w: &mut World, sensor: String, field: String) -> anyhow::Result<()> {
+    let sensor_id = w.sensor(&sensor);
+    let seq = *w.sequences.get(&sensor_id).unwrap_or(&0);
+    let chunk = AudioChunk::from_samples(
+        &sensor_id,
+        seq,
+        w.t0,
+        16_000,
+        1,
+        Encoding::PcmF32le,
+        &Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600),
+    );
+    let mut v = serde_json::to_value(&chunk)?;
+    v[field.as_str()] = serde_json::json!("added by a newer producer");
+    let msg = RawMessage {
+        body: serde_json::to_vec(&v)?,
+        message_id: Some(chunk.message_id.to_string()),
+        sensor_id: Some(sensor_id.clone()),
+        ..Default::default()
+    };
+    w.pipeline().publisher.raw(&msg).await?;
+    w.sequences.insert(sensor_id, seq + 1);
+    w.published.push(chunk);
+    Ok(())
+}
+
+/// Publishes a Feature message straight to a fanout, as a (possibly broken) producer would.
+#[when(expr = "a Feature A message for sensor {string} without its required field {string} is published to features_a")]
+async fn publish_feature_missing_field(w: &mut World, sensor: String, field: String) -> anyhow::Result<()> {
+    let sensor_id = w.sensor(&sensor);
+    let chunk = AudioChunk::from_samples(&sensor_id, 0, w.t0, 16_000, 1, Encoding::PcmF32le, &[0.1, 0.2, 0.3, 0.4]);
+    let a = services::algorithm_a::process(&chunk, "qa-producer").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut v = serde_json::to_value(&a)?;
+    let removed = v.as_object_mut().expect("object").remove(&field);
+    anyhow::ensure!(removed.is_some(), "Feature A has no field {field:?} to remove");
+    let id = a.message_id.to_string();
+    let msg = RawMessage { body: serde_json::to_vec(&v)?, message_id: Some(id.clone()), sensor_id: Some(sensor_id.clone()), ..Default::default() };
+    let exchange = w.pipeline().names.features_a();
+    w.pipeline().publisher.raw_to(&exchange, "", &msg).await?;
+    w.raw_ids.entry(sensor_id).or_default().push(id);
+    Ok(())
+}

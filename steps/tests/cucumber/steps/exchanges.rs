@@ -1,0 +1,147 @@
+//! What appears on the fanout exchanges and DLQs (captured by the taps).
+
+use crate::params::{DurationParam, FeatureTypeParam};
+use crate::world::World;
+use anyhow::{bail, ensure};
+use cucumber::then;
+use harness::amqp::Source;
+use harness::json_match::NumSpec;
+
+#[then(expr = "exactly {int} Feature {type} message(s) arrive(s) for sensor {string}")]
+async fn exactly_n(w: &mut World, n: usize, t: FeatureTypeParam, sensor: String) -> anyhow::Result<()> {
+    w.exactly_features(t.source(), &sensor, n).await.map(|_| ())
+}
+
+#[then(expr = "Feature {type} for sensor {string} reports {word} of {string}")]
+async fn feature_value(w: &mut World, t: FeatureTypeParam, sensor: String, field: String, spec: String) -> anyhow::Result<()> {
+    let spec: NumSpec = spec.parse()?;
+    let msgs = w.wait_features(t.source(), &sensor, 1).await?;
+    let pointer = format!("/features/{field}");
+    for m in &msgs {
+        let actual = m.field(&pointer).and_then(|v| v.as_f64());
+        match actual {
+            Some(a) if spec.accepts(a) => {}
+            Some(a) => bail!("Feature {} {field}: expected {spec}, got {a}\n  message: {}", t.letter(), m.summary()),
+            None => bail!("Feature {} has no numeric {pointer}\n  message: {}", t.letter(), m.summary()),
+        }
+    }
+    Ok(())
+}
+
+#[then(expr = "Feature B for sensor {string} classifies the audio as {word} with confidence at least {float}")]
+async fn classified(w: &mut World, sensor: String, class: String, min: f64) -> anyhow::Result<()> {
+    let msgs = w.wait_features(Source::FeatureB, &sensor, w.chunks_of(&sensor).len().max(1)).await?;
+    for m in &msgs {
+        let got = m.str_field("/features/event_class").unwrap_or("<missing>");
+        let conf = m.field("/features/confidence").and_then(|v| v.as_f64()).unwrap_or(-1.0);
+        ensure!(got == class, "expected event_class {class:?}, got {got:?} (confidence {conf})\n  message: {}", m.summary());
+        ensure!(conf >= min && conf <= 1.0, "expected confidence in [{min}, 1], got {conf}\n  message: {}", m.summary());
+    }
+    Ok(())
+}
+
+#[then(expr = "every Feature {type} for sensor {string} names the instance that processed it")]
+async fn processed_by(w: &mut World, t: FeatureTypeParam, sensor: String) -> anyhow::Result<()> {
+    let n = w.chunks_of(&sensor).len().max(1);
+    for m in w.wait_features(t.source(), &sensor, n).await? {
+        let by = m.str_field("/processed_by").unwrap_or("");
+        ensure!(!by.is_empty(), "processed_by is empty in {}", m.summary());
+    }
+    Ok(())
+}
+
+#[then(expr = "each Feature {type} for sensor {string} carries the lineage of its chunk")]
+async fn lineage_fields(w: &mut World, t: FeatureTypeParam, sensor: String) -> anyhow::Result<()> {
+    let chunks: Vec<_> = w.chunks_of(&sensor).into_iter().cloned().collect();
+    let msgs = w.wait_features(t.source(), &sensor, chunks.len()).await?;
+    for c in &chunks {
+        let id = c.message_id.to_string();
+        let m = msgs
+            .iter()
+            .find(|m| m.str_field("/source_message_id") == Some(id.as_str()))
+            .ok_or_else(|| anyhow::anyhow!("no Feature {} with source_message_id {id}", t.letter()))?;
+        ensure!(m.field("/sequence").and_then(|v| v.as_u64()) == Some(c.sequence), "sequence differs: chunk {} vs {}", c.sequence, m.summary());
+        let captured = m.str_field("/captured_at").and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+        ensure!(
+            captured.map(|d| d.with_timezone(&chrono::Utc)) == Some(c.captured_at),
+            "captured_at differs: chunk {} vs {}",
+            c.captured_at,
+            m.summary()
+        );
+    }
+    Ok(())
+}
+
+#[then(expr = "Feature B's feature_a_message_id for sensor {string} points at its Feature A")]
+async fn b_points_at_a(w: &mut World, sensor: String) -> anyhow::Result<()> {
+    let a = w.wait_features(Source::FeatureA, &sensor, 1).await?;
+    let b = w.wait_features(Source::FeatureB, &sensor, 1).await?;
+    for mb in &b {
+        let target = mb.str_field("/feature_a_message_id");
+        ensure!(
+            a.iter().any(|ma| ma.str_field("/message_id") == target),
+            "Feature B {} points at {target:?}, which is no Feature A seen for this sensor",
+            mb.summary()
+        );
+    }
+    Ok(())
+}
+
+#[then(expr = "the chunk from sensor {string} is dead-lettered to {string} with reason {string}")]
+async fn dead_lettered(w: &mut World, sensor: String, dlq: String, reason: String) -> anyhow::Result<()> {
+    let sensor_id = w.sensor(&sensor);
+    let ids = w.raw_ids.get(&sensor_id).cloned().unwrap_or_default();
+    ensure!(!ids.is_empty(), "no broken message was published for sensor {sensor:?}");
+    let names = w.pipeline().names.clone();
+    let dlq_name = if names.namespace.is_empty() { dlq.clone() } else { format!("{}.{dlq}", names.namespace) };
+    let ns = w.ns.clone();
+    let found = w
+        .pipeline()
+        .tap
+        .wait_for(
+            &format!("the broken message in {dlq}"),
+            1,
+            w.deadline(),
+            move |m| m.sensor_id().is_some_and(|s| ns.owns(s)),
+            |m| m.source == Source::Dlq(dlq_name.clone()) && m.amqp_message_id.as_ref().is_some_and(|id| ids.contains(id)),
+        )
+        .await?;
+    let m = &found[0];
+    let got = m.headers.get(services::contract::HEADER_DLQ_REASON).map(String::as_str).unwrap_or("<no reason header>");
+    ensure!(got == reason, "expected DLQ reason {reason:?}, got {got:?}; detail: {:?}", m.headers.get(services::contract::HEADER_DLQ_DETAIL));
+    ensure!(
+        m.headers.get(services::contract::HEADER_DLQ_DETAIL).is_some_and(|d| !d.is_empty()),
+        "the dead letter has no human-readable detail header"
+    );
+    Ok(())
+}
+
+#[then(expr = "no Feature {type} arrives for the broken message(s) of sensor {string} within {duration}")]
+async fn nothing_for_broken(w: &mut World, t: FeatureTypeParam, sensor: String, window: DurationParam) -> anyhow::Result<()> {
+    let sensor_id = w.sensor(&sensor);
+    let source = t.source();
+    w.pipeline()
+        .tap
+        .none_within(&format!("Feature {} for the broken chunk", t.letter()), window.0, |m| {
+            m.source == source && m.sensor_id() == Some(sensor_id.as_str())
+        })
+        .await
+}
+
+#[then(expr = "nothing from sensor {string} is dead-lettered within {duration}")]
+async fn nothing_dead_lettered(w: &mut World, sensor: String, window: DurationParam) -> anyhow::Result<()> {
+    let sensor_id = w.sensor(&sensor);
+    w.pipeline()
+        .tap
+        .none_within("dead letters", window.0, |m| matches!(m.source, Source::Dlq(_)) && m.sensor_id() == Some(sensor_id.as_str()))
+        .await
+}
+
+#[then("every message captured in this scenario matches its contract schema")]
+async fn all_valid(w: &mut World) -> anyhow::Result<()> {
+    let v = w.contract_violations();
+    ensure!(v.is_empty(), "contract violations:\n  {}", v.join("\n  "));
+    let seen = w.pipeline().tap.matching(|m| w.in_scope(m) && matches!(m.source, Source::FeatureA | Source::FeatureB)).len();
+    ensure!(seen > 0, "no feature messages were captured for this scenario, so nothing was checked");
+    Ok(())
+}

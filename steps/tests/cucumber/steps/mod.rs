@@ -1,0 +1,10 @@
+//! Step definitions, one file per domain. Steps are thin: parse, call a World/harness helper,
+//! assert with a message that shows expected vs actual.
+
+pub mod api;
+pub mod audio;
+pub mod database;
+pub mod exchanges;
+pub mod hooks;
+pub mod pipeline;
+pub mod sut;
