@@ -249,7 +249,9 @@ impl ApiClient {
             let next = match body.get("next_cursor") {
                 None | Some(Value::Null) => return Ok(rows),
                 Some(Value::String(next)) => next.clone(),
-                Some(other) => bail!("history page {page}: next_cursor is neither a string nor null: {other}"),
+                Some(other) => {
+                    bail!("history page {page}: next_cursor is neither a string nor null: {other}")
+                }
             };
             if !seen.insert(next.clone()) {
                 bail!("history page {page} repeats cursor {next:?}: pagination would loop forever");

@@ -62,14 +62,17 @@ impl Config {
                 PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("profiles").join(format!("{profile}.toml"))
             }
         };
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading harness profile {}", path.display()))?;
-        let mut cfg: Config = toml::from_str(&text).with_context(|| format!("parsing harness profile {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("reading harness profile {}", path.display()))?;
+        let mut cfg: Config =
+            toml::from_str(&text).with_context(|| format!("parsing harness profile {}", path.display()))?;
         cfg.apply_env(get)?;
         Ok(cfg)
     }
 
     fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-        let num = |k: &str, v: String| v.trim().parse::<u64>().with_context(|| format!("{k}={v:?} is not a whole number"));
+        let num =
+            |k: &str, v: String| v.trim().parse::<u64>().with_context(|| format!("{k}={v:?} is not a whole number"));
         if let Some(v) = get("QA_AMQP_URL") {
             self.amqp_url = v;
         }

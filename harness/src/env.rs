@@ -40,7 +40,12 @@ impl Pipeline {
     }
 
     /// Starts `n` more instances of a component, and points the API client at a new API.
-    pub async fn start(&mut self, component: Component, n: usize, extra_env: &[(String, String)]) -> anyhow::Result<Vec<String>> {
+    pub async fn start(
+        &mut self,
+        component: Component,
+        n: usize,
+        extra_env: &[(String, String)],
+    ) -> anyhow::Result<Vec<String>> {
         let ids = self.procs()?.start(component, n, extra_env).await?;
         if component == Component::RestApi && self.api.is_none() {
             let port = self.procs()?.http_port(Component::RestApi).context("the REST API announced no port")?;
@@ -96,8 +101,24 @@ impl Env {
                 let tap = Tap::start(&config.amqp_url, &names).await?;
                 let publisher = Publisher::new(&conn, names.clone()).await?;
                 let api = ApiClient::new(config.api_url.as_deref().expect("validated"), config.api_token.clone())?;
-                let shared = Pipeline { names, tap, publisher, api: Some(api), procs: None, service_env: vec![], conn: conn.clone() };
-                Ok(Env { database_url: config.database_url.clone(), config, run_id, db, shared, created_db: None, conn })
+                let shared = Pipeline {
+                    names,
+                    tap,
+                    publisher,
+                    api: Some(api),
+                    procs: None,
+                    service_env: vec![],
+                    conn: conn.clone(),
+                };
+                Ok(Env {
+                    database_url: config.database_url.clone(),
+                    config,
+                    run_id,
+                    db,
+                    shared,
+                    created_db: None,
+                    conn,
+                })
             }
             Profile::Local => {
                 let db_name = format!("apq_qa_{run_id}");
@@ -156,10 +177,10 @@ impl Env {
     /// Stops everything the run started and drops its database.
     pub async fn shutdown(&self) {
         self.shared.teardown().await;
-        if let Some(name) = &self.created_db {
-            if let Err(e) = crate::sql::drop_database(&self.config.database_url, name).await {
-                eprintln!("warning: could not drop run database {name}: {e:#}");
-            }
+        if let Some(name) = &self.created_db
+            && let Err(e) = crate::sql::drop_database(&self.config.database_url, name).await
+        {
+            eprintln!("warning: could not drop run database {name}: {e:#}");
         }
     }
 

@@ -82,10 +82,13 @@ impl FromStr for Tolerance {
 
 impl fmt::Display for Tolerance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.abs, self.percent) {
-            (abs, pct) if pct == 0.0 => write!(f, "{abs}"),
-            (abs, pct) if abs == 0.0 => write!(f, "{pct}%"),
-            (abs, pct) => write!(f, "max({abs}, {pct}%)"),
+        let (abs, pct) = (self.abs, self.percent);
+        if pct == 0.0 {
+            write!(f, "{abs}")
+        } else if abs == 0.0 {
+            write!(f, "{pct}%")
+        } else {
+            write!(f, "max({abs}, {pct}%)")
         }
     }
 }
@@ -206,7 +209,9 @@ fn pointer_matches(pattern: &str, path: &[String]) -> bool {
     if pattern.is_empty() {
         return path.is_empty();
     }
-    let Some(rest) = pattern.strip_prefix('/') else { return false };
+    let Some(rest) = pattern.strip_prefix('/') else {
+        return false;
+    };
     let tokens: Vec<String> = rest.split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect();
     tokens.len() == path.len() && tokens.iter().zip(path).all(|(t, p)| t == "*" || t == p)
 }
@@ -287,7 +292,11 @@ fn walk(path: &mut Vec<String>, expected: &Value, actual: &Value, opts: &MatchOp
                     scratch.is_empty()
                 });
                 if !found {
-                    out.push(at(format!("expected an element matching $contains[{i}] = {}, got {}", show(w), show(actual))));
+                    out.push(at(format!(
+                        "expected an element matching $contains[{i}] = {}, got {}",
+                        show(w),
+                        show(actual)
+                    )));
                 }
             }
         }

@@ -98,10 +98,9 @@ impl Db {
 
     /// Connects with an already built configuration.
     pub async fn connect_config(config: &Config) -> anyhow::Result<Self> {
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .with_context(|| format!("connecting to PostgreSQL {:?} on {:?}", config.get_dbname(), config.get_hosts()))?;
+        let (client, connection) = config.connect(NoTls).await.with_context(|| {
+            format!("connecting to PostgreSQL {:?} on {:?}", config.get_dbname(), config.get_hosts())
+        })?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::warn!(error = %err, "PostgreSQL connection ended with an error");
@@ -115,7 +114,11 @@ impl Db {
         &self.client
     }
 
-    async fn rows(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> anyhow::Result<Vec<FeatureRow>> {
+    async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> anyhow::Result<Vec<FeatureRow>> {
         let rows = self.client.query(sql, params).await.with_context(|| format!("query: {sql}"))?;
         rows.iter().map(FeatureRow::from_row).collect()
     }
@@ -182,7 +185,17 @@ impl Db {
                      captured_at, processed_by, features, written_at) \
                      SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int8[], \
                      $6::timestamptz[], $7::text[], $8::jsonb[], $9::timestamptz[])",
-                    &[&message_ids, &types, &sensors, &sources, &sequences, &captured, &processed_by, &features, &written],
+                    &[
+                        &message_ids,
+                        &types,
+                        &sensors,
+                        &sources,
+                        &sequences,
+                        &captured,
+                        &processed_by,
+                        &features,
+                        &written,
+                    ],
                 )
                 .await
                 .with_context(|| format!("inserting {} feature rows", chunk.len()))?;

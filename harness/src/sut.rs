@@ -89,7 +89,12 @@ impl Processes {
     }
 
     /// Starts `n` more instances with extra env, each waited for until ready. Returns their ids.
-    pub async fn start(&self, component: Component, n: usize, extra_env: &[(String, String)]) -> anyhow::Result<Vec<String>> {
+    pub async fn start(
+        &self,
+        component: Component,
+        n: usize,
+        extra_env: &[(String, String)],
+    ) -> anyhow::Result<Vec<String>> {
         let mut ids = Vec::new();
         for _ in 0..n {
             let seq = {
@@ -111,15 +116,16 @@ impl Processes {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::from(log))
                 .kill_on_drop(true);
-            let mut child = cmd.spawn().with_context(|| format!("spawning {} {}", self.bin.display(), component.subcommand()))?;
+            let mut child =
+                cmd.spawn().with_context(|| format!("spawning {} {}", self.bin.display(), component.subcommand()))?;
             let stdout = child.stdout.take().expect("stdout is piped");
             let mut lines = BufReader::new(stdout).lines();
             let ready = tokio::time::timeout(self.ready_timeout, async {
                 while let Some(line) = lines.next_line().await? {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                        if v["event"] == "ready" {
-                            return Ok::<_, std::io::Error>(Some(v["http_port"].as_u64().map(|p| p as u16)));
-                        }
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                        && v["event"] == "ready"
+                    {
+                        return Ok::<_, std::io::Error>(Some(v["http_port"].as_u64().map(|p| p as u16)));
                     }
                 }
                 Ok(None)
@@ -141,7 +147,11 @@ impl Processes {
             };
             // Keep draining stdout so the child never blocks on a full pipe.
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            self.running.lock().expect("proc lock").entry(component).or_default().push(Instance { id: id.clone(), child, http_port });
+            self.running.lock().expect("proc lock").entry(component).or_default().push(Instance {
+                id: id.clone(),
+                child,
+                http_port,
+            });
             ids.push(id);
         }
         Ok(ids)
@@ -149,7 +159,12 @@ impl Processes {
 
     /// Running instance ids of a component.
     pub fn instances(&self, component: Component) -> Vec<String> {
-        self.running.lock().expect("proc lock").get(&component).map(|v| v.iter().map(|i| i.id.clone()).collect()).unwrap_or_default()
+        self.running
+            .lock()
+            .expect("proc lock")
+            .get(&component)
+            .map(|v| v.iter().map(|i| i.id.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// The HTTP port of the first running instance (REST API).

@@ -66,11 +66,10 @@ async fn eventually_converges_after_failures(#[case] failures: u64) {
 #[tokio::test(start_paused = true)]
 async fn eventually_timeout_diagnostics_are_exact() {
     let backoff = Backoff::with_deadline(Duration::from_millis(100)).scoped("timeout-exact");
-    let err = eventually::<(), _, _>("rows of sensor s-1", "3 rows", &backoff, || async {
-        Ok(Check::not_yet("2 rows"))
-    })
-    .await
-    .unwrap_err();
+    let err =
+        eventually::<(), _, _>("rows of sensor s-1", "3 rows", &backoff, || async { Ok(Check::not_yet("2 rows")) })
+            .await
+            .unwrap_err();
 
     // Paused clock: attempts at 0, 10, 30, 70 and 100 ms (the last pause is cut to the deadline).
     assert_eq!(
@@ -132,9 +131,8 @@ async fn never_passes_quiet_windows_and_needs_a_final_good_probe() {
     .await;
     assert!(ok.is_ok(), "a transient error in between is tolerated: {ok:?}");
 
-    let err = never("dead letter", Duration::from_millis(500), || async { Err(anyhow!("broker down")) })
-        .await
-        .unwrap_err();
+    let err =
+        never("dead letter", Duration::from_millis(500), || async { Err(anyhow!("broker down")) }).await.unwrap_err();
     assert!(format!("{err:#}").contains("could not verify"), "{err:#}");
 }
 
@@ -185,7 +183,8 @@ fn mismatch_lines_name_every_path() {
 #[test]
 fn ignore_paths_apply_to_both_sides() {
     let expected = json!({ "items": [ { "id": 1, "written_at": "x" }, { "id": 2 } ], "next_cursor": null });
-    let actual = json!({ "items": [ { "id": 1, "written_at": "y" }, { "id": 2, "written_at": "z" } ], "next_cursor": "c" });
+    let actual =
+        json!({ "items": [ { "id": 1, "written_at": "y" }, { "id": 2, "written_at": "z" } ], "next_cursor": "c" });
     let opts = MatchOptions::exact().ignoring(["/items/*/written_at", "/next_cursor"]);
     assert_eq!(diff(&expected, &actual, &opts), Vec::<String>::new());
     let d = diff(&expected, &actual, &MatchOptions::exact());
@@ -440,7 +439,7 @@ async fn sql_scenario(config: &tokio_postgres::Config) -> anyhow::Result<()> {
     assert_eq!(db.rows_by_message_id(dup.message_id).await?.len(), 1);
     assert!(db.insert_rows(std::slice::from_ref(&dup)).await.is_err(), "unique message_id");
     db.client().batch_execute("ALTER TABLE features DROP CONSTRAINT features_message_id_key").await?;
-    db.insert_rows(&[dup.clone()]).await?;
+    db.insert_rows(std::slice::from_ref(&dup)).await?;
     assert_eq!(db.rows_by_message_id(dup.message_id).await?.len(), 2);
 
     assert!(db.delete_sensor_prefix("").await.is_err());

@@ -54,7 +54,12 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
             ch.basic_qos(settings.algorithm_a.prefetch, BasicQosOptions::default()).await?;
             let queue = names.audio_stream();
             let mut consumer = ch
-                .basic_consume(queue.as_str().into(), instance.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+                .basic_consume(
+                    queue.as_str().into(),
+                    instance.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
                 .await?;
             health.set_ready(true);
             if !announced.swap(true, Ordering::SeqCst) {
@@ -117,7 +122,7 @@ async fn handle(
             return Ok(());
         }
     };
-    if drop_every > 0 && n % drop_every == 0 {
+    if drop_every > 0 && n.is_multiple_of(drop_every) {
         tracing::warn!(sequence = feature.sequence, "fault injection: dropping this chunk");
         delivery.ack(BasicAckOptions::default()).await?;
         return Ok(());
@@ -130,7 +135,8 @@ async fn handle(
             return Ok(());
         }
     };
-    let props = json_properties(&feature.message_id.to_string(), MessageKind::FeatureA.schema_header(), &feature.sensor_id);
+    let props =
+        json_properties(&feature.message_id.to_string(), MessageKind::FeatureA.schema_header(), &feature.sensor_id);
     if let Err(e) = publish_confirmed(ch, &names.features_a(), "", &body, props).await {
         delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.ok();
         return Err(e.into());

@@ -137,7 +137,7 @@ async fn handle(
             return Ok(());
         }
     };
-    if drop_every > 0 && n % drop_every == 0 {
+    if drop_every > 0 && n.is_multiple_of(drop_every) {
         tracing::warn!(sequence = a.sequence, "fault injection: dropping this feature");
         delivery.ack(BasicAckOptions::default()).await?;
         return Ok(());

@@ -79,7 +79,9 @@ async fn run(cli: Cli) -> Result<(), ServiceError> {
             let app = crate::rest_api::build(settings, shutdown).await?;
             app.run_until_stopped().await
         }
-        Command::Live { algorithm_a, algorithm_b, sensors } => live(settings, shutdown, algorithm_a, algorithm_b, sensors).await,
+        Command::Live { algorithm_a, algorithm_b, sensors } => {
+            live(settings, shutdown, algorithm_a, algorithm_b, sensors).await
+        }
     }
 }
 

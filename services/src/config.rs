@@ -190,15 +190,12 @@ impl Default for SensorSettings {
 impl Settings {
     /// File (if any) then environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let path = path
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("APQ_CONFIG").map(Into::into));
+        let path = path.map(Path::to_path_buf).or_else(|| std::env::var_os("APQ_CONFIG").map(Into::into));
         let mut settings = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(&p)
                     .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
-                toml::from_str(&text)
-                    .map_err(|source| ConfigError::Parse { path: p.display().to_string(), source })?
+                toml::from_str(&text).map_err(|source| ConfigError::Parse { path: p.display().to_string(), source })?
             }
             None => Settings::default(),
         };
@@ -307,7 +304,8 @@ mod tests {
 
     #[test]
     fn env_overrides_file_values() {
-        let mut s: Settings = toml::from_str("[amqp]\nnamespace = \"from-file\"\n[rest_api]\ntokens = [\"a\"]").unwrap();
+        let mut s: Settings =
+            toml::from_str("[amqp]\nnamespace = \"from-file\"\n[rest_api]\ntokens = [\"a\"]").unwrap();
         s.apply_env(env(&[("APQ_NAMESPACE", "run1"), ("APQ_API_TOKENS", "x, y,,z")])).unwrap();
         assert_eq!(s.amqp.namespace, "run1");
         assert_eq!(s.rest_api.tokens, vec!["x", "y", "z"]);

@@ -54,10 +54,7 @@ impl MessageKind {
         let idx = self as usize;
         CELLS[idx].get_or_init(|| {
             let schema: Value = serde_json::from_str(self.schema_text()).expect("embedded schema is JSON");
-            jsonschema::options()
-                .should_validate_formats(true)
-                .build(&schema)
-                .expect("embedded schema compiles")
+            jsonschema::options().should_validate_formats(true).build(&schema).expect("embedded schema compiles")
         })
     }
 }
@@ -122,13 +119,11 @@ pub fn check(kind: MessageKind, value: &Value) -> Result<(), Rejection> {
             });
         }
     }
-    if kind == MessageKind::AudioChunk {
-        if let Some(rate) = value.get("sample_rate") {
-            let supported = rate.as_u64().is_some_and(|r| SUPPORTED_SAMPLE_RATES.contains(&(r as u32)));
-            if !supported {
-                return Err(Rejection::UnsupportedSampleRate(rate.clone()));
-            }
-        }
+    if kind == MessageKind::AudioChunk
+        && let Some(rate) = value.get("sample_rate")
+        && !rate.as_u64().is_some_and(|r| SUPPORTED_SAMPLE_RATES.contains(&(r as u32)))
+    {
+        return Err(Rejection::UnsupportedSampleRate(rate.clone()));
     }
     if let Some(err) = kind.validator().iter_errors(value).next() {
         return Err(Rejection::SchemaViolation { path: err.instance_path().to_string(), detail: err.to_string() });

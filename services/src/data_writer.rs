@@ -169,7 +169,7 @@ async fn flush(db: &mut tokio_postgres::Client, batch: &mut Batch, ignore_unique
         }
         Err(e) => {
             for d in &taken.deliveries {
-                d.ack(BasicAckOptions::default()).await.ok();
+                d.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.ok();
             }
             Err(e.into())
         }

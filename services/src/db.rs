@@ -272,8 +272,7 @@ const HISTORY_SQL: &str = concat!(
      LIMIT $7"
 );
 
-const GET_BY_ID_SQL: &str =
-    concat!("SELECT ", columns!(), " FROM features WHERE message_id = $1 ORDER BY id LIMIT 1");
+const GET_BY_ID_SQL: &str = concat!("SELECT ", columns!(), " FROM features WHERE message_id = $1 ORDER BY id LIMIT 1");
 
 const LATEST_SQL: &str = concat!(
     "SELECT ",
@@ -309,7 +308,8 @@ pub async fn history<C: GenericClient>(client: &C, q: &HistoryQuery) -> Result<V
         Some((t, id)) => (Some(t), Some(id)),
         None => (None, None),
     };
-    let rows = client.query(HISTORY_SQL, &[&q.sensor_id, &types, &q.from, &q.to, &after_t, &after_id, &q.limit]).await?;
+    let rows =
+        client.query(HISTORY_SQL, &[&q.sensor_id, &types, &q.from, &q.to, &after_t, &after_id, &q.limit]).await?;
     Ok(rows.iter().map(FeatureRow::from_row).collect())
 }
 

@@ -15,10 +15,8 @@ pub const SILENCE_FLOOR_DBFS: f64 = -120.0;
 pub fn extract(samples: &[f32], channels: u16, sample_rate: u32) -> SignalFeatures {
     let channels = channels.max(1) as usize;
     let frames = samples.len() / channels;
-    let mono: Vec<f64> = samples
-        .chunks_exact(channels)
-        .map(|f| f.iter().map(|&s| s as f64).sum::<f64>() / channels as f64)
-        .collect();
+    let mono: Vec<f64> =
+        samples.chunks_exact(channels).map(|f| f.iter().map(|&s| s as f64).sum::<f64>() / channels as f64).collect();
     let n = samples.len().max(1) as f64;
     let rms = (samples.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / n).sqrt();
     let peak = samples.iter().fold(0.0f64, |m, &s| m.max((s as f64).abs()));
@@ -92,12 +90,21 @@ fn spectral(mono: &[f64], sample_rate: f64) -> (f64, f64, f64) {
 /// The synthetic signals a sensor (or a test) can produce.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Signal {
-    Sine { frequency_hz: f64, amplitude: f64 },
+    Sine {
+        frequency_hz: f64,
+        amplitude: f64,
+    },
     /// Uniform white noise in [-amplitude, amplitude], reproducible from `seed`.
-    WhiteNoise { amplitude: f64, seed: u64 },
+    WhiteNoise {
+        amplitude: f64,
+        seed: u64,
+    },
     Silence,
     /// A sine driven past full scale by `gain` and hard-clipped to ±1.
-    ClippedSine { frequency_hz: f64, gain: f64 },
+    ClippedSine {
+        frequency_hz: f64,
+        gain: f64,
+    },
 }
 
 impl Signal {
@@ -113,7 +120,9 @@ impl Signal {
         for i in 0..frames {
             let t = (start + i as u64) as f64 / sr;
             let v = match *self {
-                Signal::Sine { frequency_hz, amplitude } => amplitude * (2.0 * std::f64::consts::PI * frequency_hz * t).sin(),
+                Signal::Sine { frequency_hz, amplitude } => {
+                    amplitude * (2.0 * std::f64::consts::PI * frequency_hz * t).sin()
+                }
                 Signal::WhiteNoise { amplitude, .. } => {
                     amplitude * rng.as_mut().expect("noise has an rng").random_range(-1.0..=1.0)
                 }
@@ -171,7 +180,11 @@ mod tests {
     #[case(3150.5, 48_000, 4800)]
     fn sine_dominant_frequency(#[case] f: f64, #[case] sr: u32, #[case] frames: usize) {
         let feat = sine(f, 0.5, sr, frames);
-        assert!((feat.dominant_frequency_hz - f).abs() <= f * 0.005, "expected ~{f} Hz, got {}", feat.dominant_frequency_hz);
+        assert!(
+            (feat.dominant_frequency_hz - f).abs() <= f * 0.005,
+            "expected ~{f} Hz, got {}",
+            feat.dominant_frequency_hz
+        );
         // A pure tone's centroid sits near the tone (leakage pulls it a little).
         assert!((feat.spectral_centroid_hz - f).abs() < f * 0.1 + 20.0, "centroid {}", feat.spectral_centroid_hz);
         // Two crossings per period.
@@ -214,7 +227,8 @@ mod tests {
 
     #[test]
     fn clipped_sine_reports_its_clipping() {
-        let feat = extract(&Signal::ClippedSine { frequency_hz: 440.0, gain: 4.0 }.render(16_000, 1, 0, 1600), 1, 16_000);
+        let feat =
+            extract(&Signal::ClippedSine { frequency_hz: 440.0, gain: 4.0 }.render(16_000, 1, 0, 1600), 1, 16_000);
         // |4 sin| >= 1 for 1 - (2/π)·asin(1/4) ≈ 84 % of the time.
         assert!((feat.clipping_ratio - 0.84).abs() < 0.03, "clipping {}", feat.clipping_ratio);
         assert!((feat.dominant_frequency_hz - 440.0).abs() < 3.0);

@@ -19,7 +19,11 @@ pub const COMPONENT: &str = "sensor";
 pub enum Source {
     Synthetic(Signal),
     /// A WAV file's interleaved samples, looped.
-    Wav { samples: Vec<f32>, sample_rate: u32, channels: u16 },
+    Wav {
+        samples: Vec<f32>,
+        sample_rate: u32,
+        channels: u16,
+    },
 }
 
 /// What a sensor run did.
@@ -41,7 +45,8 @@ impl Source {
             // For a clipped sine the amplitude is the gain before clipping.
             "clipped-sine" => Signal::ClippedSine { frequency_hz: s.frequency_hz, gain: s.amplitude.max(1.0) },
             "wav" => {
-                let path = s.wav_path.as_deref().ok_or_else(|| ServiceError::Other("signal = wav needs wav_path".into()))?;
+                let path =
+                    s.wav_path.as_deref().ok_or_else(|| ServiceError::Other("signal = wav needs wav_path".into()))?;
                 let (samples, sample_rate, channels) = crate::dsp::read_wav(std::path::Path::new(path))
                     .map_err(|e| ServiceError::Other(format!("cannot read WAV {path}: {e}")))?;
                 if samples.is_empty() {
@@ -70,8 +75,12 @@ impl Source {
                 let total_frames = samples.len() / ch;
                 let frames = ((*sample_rate as u64 * chunk_ms as u64 / 1000) as usize).clamp(1, total_frames);
                 let start = (seq as usize * frames) % total_frames;
-                let out: Vec<f32> =
-                    (0..frames).flat_map(|i| { let f = (start + i) % total_frames; samples[f * ch..(f + 1) * ch].to_vec() }).collect();
+                let out: Vec<f32> = (0..frames)
+                    .flat_map(|i| {
+                        let f = (start + i) % total_frames;
+                        samples[f * ch..(f + 1) * ch].to_vec()
+                    })
+                    .collect();
                 (out, *sample_rate, *channels)
             }
         }
@@ -87,7 +96,8 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> Result<Sen
     let max = Duration::from_millis(settings.amqp.reconnect_max_ms);
     let started = Instant::now();
     let mut report = SensorReport::default();
-    let t0 = Utc::now();
+    // Microsecond precision: what PostgreSQL stores, so captured_at round-trips exactly.
+    let t0 = chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now is representable");
     let period = (s.rate_per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / s.rate_per_sec));
     let mut backoff = Backoff::new(min, max);
     let mut channel = None;
@@ -106,7 +116,8 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> Result<Sen
         }
         let (samples, rate, channels) = source.chunk(seq, s.sample_rate, s.chunk_ms);
         let captured_at = t0 + ChronoDuration::milliseconds((seq * s.chunk_ms as u64) as i64);
-        let chunk = AudioChunk::from_samples(&s.sensor_id, seq, captured_at, rate, channels, Encoding::PcmF32le, &samples);
+        let chunk =
+            AudioChunk::from_samples(&s.sensor_id, seq, captured_at, rate, channels, Encoding::PcmF32le, &samples);
         let body = contract::check_outgoing(MessageKind::AudioChunk, &chunk)
             .map_err(|e| ServiceError::Other(format!("sensor produced an invalid chunk: {e}")))?;
         // Retry this chunk until confirmed (or shutdown).
@@ -124,7 +135,11 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> Result<Sen
                 }
             }
             let (_, ch) = channel.as_ref().expect("connected above");
-            let props = json_properties(&chunk.message_id.to_string(), MessageKind::AudioChunk.schema_header(), &chunk.sensor_id);
+            let props = json_properties(
+                &chunk.message_id.to_string(),
+                MessageKind::AudioChunk.schema_header(),
+                &chunk.sensor_id,
+            );
             match publish_confirmed(ch, "", &names.audio_stream(), &body, props).await {
                 Ok(()) => {
                     backoff.reset();

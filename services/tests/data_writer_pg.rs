@@ -55,7 +55,7 @@ async fn insert_batch_is_idempotent_and_jsonb_round_trips() {
     let tx = c.transaction().await.unwrap();
     assert_eq!(db::insert_batch(&tx, &[a.clone(), b.clone(), a.clone()], false).await.unwrap(), 2);
     tx.commit().await.unwrap();
-    assert_eq!(db::insert_batch(&c, &[a.clone()], false).await.unwrap(), 0);
+    assert_eq!(db::insert_batch(&c, std::slice::from_ref(&a), false).await.unwrap(), 0);
     assert_eq!(count(&c).await, 2);
 
     for f in [&a, &b] {
@@ -83,8 +83,8 @@ async fn fault_hook_drops_the_constraint_and_restoring_reports_duplicates() {
     let c = migrated(&scratch).await;
     let a = AnyFeature::A(feature_a("s-1", 1, t("2024-01-01T00:00:00Z")));
     db::set_unique_constraint(&c, false).await.unwrap();
-    assert_eq!(db::insert_batch(&c, &[a.clone()], true).await.unwrap(), 1);
-    assert_eq!(db::insert_batch(&c, &[a.clone()], true).await.unwrap(), 1);
+    assert_eq!(db::insert_batch(&c, std::slice::from_ref(&a), true).await.unwrap(), 1);
+    assert_eq!(db::insert_batch(&c, std::slice::from_ref(&a), true).await.unwrap(), 1);
     assert_eq!(db::count_by_id(&c, a.message_id()).await.unwrap(), 2);
     let err = db::set_unique_constraint(&c, true).await.unwrap_err();
     assert!(err.to_string().contains("UNIQUE"), "{err}");
@@ -105,7 +105,11 @@ async fn keyset_pages_have_no_gaps_or_repeats() {
     let mut rows = Vec::new();
     for i in 0..250u64 {
         let at = base + chrono::Duration::milliseconds((i / 5) as i64 * 100);
-        rows.push(if i % 2 == 0 { AnyFeature::A(feature_a("s-p", i, at)) } else { AnyFeature::B(feature_b("s-p", i, at)) });
+        rows.push(if i % 2 == 0 {
+            AnyFeature::A(feature_a("s-p", i, at))
+        } else {
+            AnyFeature::B(feature_b("s-p", i, at))
+        });
     }
     rows.push(AnyFeature::A(feature_a("s-other", 0, base)));
     db::insert_batch(&c, &rows, false).await.unwrap();

@@ -205,7 +205,8 @@ async fn latest_comes_from_the_broker_and_garbage_is_dead_lettered() {
     assert_eq!(res.headers()["www-authenticate"], r#"Bearer realm="audio-pipeline""#);
     assert_eq!(res.headers()["content-type"], "application/problem+json");
     assert_eq!(res.headers()["x-frame-options"], "DENY");
-    let res = api.http.get(format!("{}/v1/features?sensor_id=x&bogus=1", api.base)).bearer_auth(TOKEN).send().await.unwrap();
+    let res =
+        api.http.get(format!("{}/v1/features?sensor_id=x&bogus=1", api.base)).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     let p: Value = res.json().await.unwrap();
     assert_eq!(p["invalid_params"][0]["name"], "bogus");

@@ -1,1 +1,52 @@
+//! The behaviour suite lives in `tests/cucumber/` (World, typed parameters, one step file per
+//! domain, and the runner), so that every step registers in the one test binary. This library
+//! only holds checks about the suite itself.
 
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+    }
+
+    /// Every step sentence in code must be documented in features/README.md, so QA engineers
+    /// can write scenarios without reading Rust.
+    #[test]
+    fn every_step_is_in_the_vocabulary() {
+        let doc = std::fs::read_to_string(root().join("features/README.md")).expect("features/README.md");
+        let dir = root().join("steps/tests/cucumber/steps");
+        let mut missing = Vec::new();
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).expect("steps dir") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("step file");
+            for line in text.lines().map(str::trim) {
+                let Some(rest) = ["#[given(", "#[when(", "#[then("].iter().find_map(|p| line.strip_prefix(p)) else {
+                    continue;
+                };
+                let rest = rest.strip_prefix("expr = ").unwrap_or(rest);
+                let expr = rest.trim_end_matches(")]").trim_matches('"').replace("\\\"", "\"");
+                count += 1;
+                if !doc.contains(&format!("`{}`", expr.replace('|', "\\|"))) {
+                    missing.push(format!("{}: {expr}", path.file_name().unwrap().to_string_lossy()));
+                }
+            }
+        }
+        assert!(count > 20, "found only {count} steps; is the parser broken?");
+        assert!(
+            missing.is_empty(),
+            "steps missing from features/README.md (run scripts/gen-step-vocabulary.py):\n{}",
+            missing.join("\n")
+        );
+    }
+
+    /// Each step file is one domain, as the vocabulary is organised.
+    #[test]
+    fn step_files_are_the_documented_domains() {
+        let doc = std::fs::read_to_string(root().join("features/README.md")).expect("features/README.md");
+        for domain in ["api", "audio", "database", "exchanges", "pipeline", "sut"] {
+            assert!(doc.contains(&format!("## {domain}")), "no section for {domain}");
+        }
+    }
+}

@@ -62,7 +62,8 @@ impl Captured {
     }
     /// One line for diagnostics.
     pub fn summary(&self) -> String {
-        let reason = self.headers.get(services::contract::HEADER_DLQ_REASON).map(|r| format!(" reason={r}")).unwrap_or_default();
+        let reason =
+            self.headers.get(services::contract::HEADER_DLQ_REASON).map(|r| format!(" reason={r}")).unwrap_or_default();
         let body = match &self.json {
             Some(j) => {
                 let mut s = j.to_string();
@@ -105,10 +106,20 @@ impl Tap {
             let ch = conn.create_channel().await?;
             topology::fanout(&ch, &exchange).await?;
             let q = ch
-                .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+                .queue_declare(
+                    "".into(),
+                    QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                    FieldTable::default(),
+                )
                 .await?;
-            ch.queue_bind(q.name().clone(), exchange.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
-                .await?;
+            ch.queue_bind(
+                q.name().clone(),
+                exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
             spawn_consumer(ch, q.name().as_str().to_string(), source, inner.clone()).await?;
         }
         let dlqs = [
@@ -174,7 +185,12 @@ impl Tap {
 
     /// Fails as soon as a message matching `pred` arrives within `window`; else Ok after it.
     /// The wait is the point of this check (absence can only be shown by waiting).
-    pub async fn none_within(&self, what: &str, window: Duration, pred: impl Fn(&Captured) -> bool) -> anyhow::Result<()> {
+    pub async fn none_within(
+        &self,
+        what: &str,
+        window: Duration,
+        pred: impl Fn(&Captured) -> bool,
+    ) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
             let notified = self.inner.notify.notified();

@@ -142,6 +142,6 @@ mod tests {
     fn each_failure_has_its_challenge(#[case] failure: AuthFailure, #[case] challenge: &str) {
         let e = failure.into_error();
         assert_eq!(e.status, 401);
-        assert_eq!(e.headers[header::WWW_AUTHENTICATE], challenge);
+        assert_eq!(e.header(&header::WWW_AUTHENTICATE).unwrap(), challenge);
     }
 }

@@ -93,18 +93,30 @@ pub async fn run(
             topology::durable_queue(&ch, &names.rest_api_dlq()).await?;
             ch.basic_qos(CACHE_PREFETCH, BasicQosOptions::default()).await?;
             let mut streams = Vec::new();
-            for (feature_type, exchange) in [(FeatureType::A, names.features_a()), (FeatureType::B, names.features_b())] {
+            for (feature_type, exchange) in [(FeatureType::A, names.features_a()), (FeatureType::B, names.features_b())]
+            {
                 topology::fanout(&ch, &exchange).await?;
                 // Exclusive + auto-delete: the queue lives exactly as long as this connection, so
                 // a restarted API never reads a stale backlog and never leaves queues behind.
                 let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
                 let queue = ch.queue_declare("".into(), opts, FieldTable::default()).await?;
                 let qname = queue.name().clone();
-                ch.queue_bind(qname.clone(), exchange.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
-                    .await?;
+                ch.queue_bind(
+                    qname.clone(),
+                    exchange.as_str().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
                 let tag = format!("{instance}.cache.{}", feature_type.as_str());
                 let consumer = ch
-                    .basic_consume(qname.clone(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+                    .basic_consume(
+                        qname.clone(),
+                        tag.as_str().into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
                     .await?;
                 let qname = qname.to_string();
                 streams.push(consumer.map(move |d| (feature_type, qname.clone(), d)));

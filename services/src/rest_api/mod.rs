@@ -168,7 +168,8 @@ impl App {
             state.cache_health.clone(),
             cache_stop.clone(),
         ));
-        let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server =
+            axum::serve(listener, app(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let mut server = tokio::spawn(server.into_future());
         tracing::info!(port, "rest api listening");
 

@@ -5,7 +5,7 @@
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -117,19 +117,14 @@ pub struct ApiError {
     pub detail: String,
     /// Validation details (empty unless `code` is `Validation`).
     pub invalid_params: Vec<InvalidParam>,
-    /// Extra response headers (`WWW-Authenticate`, `Retry-After`, ...).
-    pub headers: HeaderMap,
+    /// Extra response headers (`WWW-Authenticate`, `Retry-After`, ...); a Vec keeps the error
+    /// small, and there are at most one or two.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
     pub fn new(code: Code, detail: impl Into<String>) -> Self {
-        Self {
-            code,
-            status: code.status(),
-            detail: detail.into(),
-            invalid_params: Vec::new(),
-            headers: HeaderMap::new(),
-        }
+        Self { code, status: code.status(), detail: detail.into(), invalid_params: Vec::new(), headers: Vec::new() }
     }
     pub fn validation(params: Vec<InvalidParam>) -> Self {
         let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
@@ -152,8 +147,12 @@ impl ApiError {
         Self::new(Code::Internal, "an internal error occurred")
     }
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
+        self.headers.push((name, value));
         self
+    }
+    /// An extra header set on this error.
+    pub fn header(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
     /// What a bare error status means when it reaches the renderer without a problem attached.
@@ -192,7 +191,7 @@ impl IntoResponse for ApiError {
         let mut res = Response::new(Body::empty());
         *res.status_mut() = self.status;
         for (k, v) in &self.headers {
-            res.headers_mut().insert(k, v.clone());
+            res.headers_mut().insert(k.clone(), v.clone());
         }
         res.extensions_mut().insert(self);
         res

@@ -16,7 +16,8 @@ const MAX_CURSOR_LEN: usize = 512;
 
 /// `^[A-Za-z0-9._:-]{1,128}$`, checked by hand (no regex engine needed for one character class).
 pub fn valid_sensor_id(s: &str) -> bool {
-    (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    (1..=128).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 fn check_sensor_id(name: &str, s: &str, errors: &mut Vec<InvalidParam>) {
@@ -136,18 +137,21 @@ pub fn history_params(
             String::new()
         }
     };
-    let feature_type = p.get("type").and_then(|v| parse_type(v).map_err(|r| errors.push(InvalidParam::new("type", r))).ok());
-    let from = p.get("from").and_then(|v| parse_timestamp(v).map_err(|r| errors.push(InvalidParam::new("from", r))).ok());
+    let feature_type =
+        p.get("type").and_then(|v| parse_type(v).map_err(|r| errors.push(InvalidParam::new("type", r))).ok());
+    let from =
+        p.get("from").and_then(|v| parse_timestamp(v).map_err(|r| errors.push(InvalidParam::new("from", r))).ok());
     let to = p.get("to").and_then(|v| parse_timestamp(v).map_err(|r| errors.push(InvalidParam::new("to", r))).ok());
     let limit = match p.get("limit") {
         Some(v) => parse_limit(v, max_limit).map_err(|r| errors.push(InvalidParam::new("limit", r))).unwrap_or(1),
         None => default_limit,
     };
-    let cursor = p.get("cursor").and_then(|v| Cursor::decode(v).map_err(|r| errors.push(InvalidParam::new("cursor", r))).ok());
-    if let (Some(f), Some(t)) = (from, to) {
-        if f > t {
-            errors.push(InvalidParam::new("from", "must not be later than `to`"));
-        }
+    let cursor =
+        p.get("cursor").and_then(|v| Cursor::decode(v).map_err(|r| errors.push(InvalidParam::new("cursor", r))).ok());
+    if let (Some(f), Some(t)) = (from, to)
+        && f > t
+    {
+        errors.push(InvalidParam::new("from", "must not be later than `to`"));
     }
     let query = HistoryQuery {
         sensor_id,
@@ -179,7 +183,8 @@ pub fn latest_params(sensor_id: &str, pairs: &[(String, String)]) -> Result<Feat
 pub fn by_id_params(message_id: &str, pairs: &[(String, String)]) -> Result<Uuid, ApiError> {
     let mut errors = Vec::new();
     by_name(pairs, &[], &mut errors);
-    let id = Uuid::try_parse(message_id).map_err(|_| errors.push(InvalidParam::new("message_id", "must be a UUID"))).ok();
+    let id =
+        Uuid::try_parse(message_id).map_err(|_| errors.push(InvalidParam::new("message_id", "must be a UUID"))).ok();
     finish(id.unwrap_or_default(), errors)
 }
 

@@ -82,7 +82,10 @@ async fn healthz_needs_no_token() {
     let res = call(&state_with(|_| {}), Method::GET, "/healthz", None).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_security_headers(&res);
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&body(res).await).unwrap(), serde_json::json!({"status": "ok"}));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body(res).await).unwrap(),
+        serde_json::json!({"status": "ok"})
+    );
 }
 
 #[tokio::test]
@@ -181,7 +184,13 @@ async fn wrong_method_is_a_405_problem() {
     let state = state_with(|_| {});
     let res = call(&state, Method::POST, "/healthz", None).await;
     problem(res, 405, "method_not_allowed", "/healthz").await;
-    let res = call(&state, Method::DELETE, "/v1/features/00000000-0000-0000-0000-000000000000", Some(&format!("Bearer {TOKEN}"))).await;
+    let res = call(
+        &state,
+        Method::DELETE,
+        "/v1/features/00000000-0000-0000-0000-000000000000",
+        Some(&format!("Bearer {TOKEN}")),
+    )
+    .await;
     problem(res, 405, "method_not_allowed", "/v1/features/00000000-0000-0000-0000-000000000000").await;
 }
 
@@ -225,7 +234,12 @@ async fn latest_serves_the_cached_body_verbatim() {
         captured_at: chrono::Utc::now(),
         processed_at: chrono::Utc::now(),
         processed_by: "b".into(),
-        features: EventFeatures { event_class: EventClass::Noise, confidence: 0.5, loudness_dbfs: -20.0, dominant_frequency_hz: 0.0 },
+        features: EventFeatures {
+            event_class: EventClass::Noise,
+            confidence: 0.5,
+            loudness_dbfs: -20.0,
+            dominant_frequency_hz: 0.0,
+        },
     };
     // Key order and spacing as a producer might send them: served unchanged.
     let published = format!("{{ \"zz_extra\": 1, {}", &serde_json::to_string(&msg).unwrap()[1..]);
@@ -235,8 +249,13 @@ async fn latest_serves_the_cached_body_verbatim() {
     assert_eq!(res.headers()["content-type"], "application/json");
     assert_security_headers(&res);
     assert_eq!(body(res).await, published.as_bytes());
-    problem(get(&state, "/v1/sensors/s-1/features/latest?type=A").await, 404, "not_found", "/v1/sensors/s-1/features/latest")
-        .await;
+    problem(
+        get(&state, "/v1/sensors/s-1/features/latest?type=A").await,
+        404,
+        "not_found",
+        "/v1/sensors/s-1/features/latest",
+    )
+    .await;
 }
 
 #[test]

@@ -22,7 +22,9 @@ impl FromStr for SignalParam {
             ["silence"] => Signal::Silence,
             ["white", "noise", "at", "amplitude", a] => Signal::WhiteNoise { amplitude: num(a)?, seed: rand::random() },
             [f, "Hz", "sine", "at", "amplitude", a] => Signal::Sine { frequency_hz: num(f)?, amplitude: num(a)? },
-            [f, "Hz", "sine", "clipped", "at", "gain", g] => Signal::ClippedSine { frequency_hz: num(f)?, gain: num(g)? },
+            [f, "Hz", "sine", "clipped", "at", "gain", g] => {
+                Signal::ClippedSine { frequency_hz: num(f)?, gain: num(g)? }
+            }
             _ => return Err(format!("unknown signal {s:?}")),
         };
         Ok(SignalParam(signal))

@@ -70,9 +70,15 @@ impl std::fmt::Debug for World {
             .field("namespace", &self.ns.prefix)
             .field("private_pipeline", &self.private.as_ref().map(|p| p.names.namespace.clone()))
             .field("sequences", &self.sequences)
-            .field("published", &self.published.iter().map(|c| (c.sensor_id.as_str(), c.sequence, c.message_id)).collect::<Vec<_>>())
+            .field(
+                "published",
+                &self.published.iter().map(|c| (c.sensor_id.as_str(), c.sequence, c.message_id)).collect::<Vec<_>>(),
+            )
             .field("raw_ids", &self.raw_ids)
-            .field("response", &self.response.as_ref().map(|r| (r.status, r.body.chars().take(500).collect::<String>())))
+            .field(
+                "response",
+                &self.response.as_ref().map(|r| (r.status, r.body.chars().take(500).collect::<String>())),
+            )
             .field("seeded_rows", &self.seeded.len())
             .field("last_rows", &self.last_rows.len())
             .finish()
@@ -95,7 +101,8 @@ impl World {
             responses: Vec::new(),
             seeded: Vec::new(),
             last_rows: Vec::new(),
-            t0: Utc::now(),
+            // PostgreSQL keeps microseconds; a time axis at that precision round-trips exactly.
+            t0: DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now is representable"),
         })
     }
 
@@ -131,7 +138,13 @@ impl World {
     }
 
     /// Publishes `n` chunks of `signal` for sensor `name`, phase-continuous, and records them.
-    pub async fn publish_signal(&mut self, name: &str, signal: Signal, n: usize, shape: ChunkShape) -> anyhow::Result<Vec<AudioChunk>> {
+    pub async fn publish_signal(
+        &mut self,
+        name: &str,
+        signal: Signal,
+        n: usize,
+        shape: ChunkShape,
+    ) -> anyhow::Result<Vec<AudioChunk>> {
         let sensor = self.sensor(name);
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
@@ -139,7 +152,15 @@ impl World {
             let frames = (shape.sample_rate as u64 * shape.chunk_ms as u64 / 1000).max(1) as usize;
             let samples = signal.render(shape.sample_rate, shape.channels, seq * frames as u64, frames);
             let captured_at = self.t0 + chrono::Duration::milliseconds((seq * shape.chunk_ms as u64) as i64);
-            let chunk = AudioChunk::from_samples(&sensor, seq, captured_at, shape.sample_rate, shape.channels, shape.encoding, &samples);
+            let chunk = AudioChunk::from_samples(
+                &sensor,
+                seq,
+                captured_at,
+                shape.sample_rate,
+                shape.channels,
+                shape.encoding,
+                &samples,
+            );
             self.publish_chunk(chunk.clone()).await?;
             out.push(chunk);
         }

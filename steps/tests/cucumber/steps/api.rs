@@ -73,7 +73,13 @@ async fn history_with(w: &mut World, sensor: String, param: String, value: Strin
 }
 
 #[when(expr = "I ask the API for the Feature {type} history of sensor {string} from {string} to {string}")]
-async fn history_range(w: &mut World, t: FeatureTypeParam, sensor: String, from: String, to: String) -> anyhow::Result<()> {
+async fn history_range(
+    w: &mut World,
+    t: FeatureTypeParam,
+    sensor: String,
+    from: String,
+    to: String,
+) -> anyhow::Result<()> {
     let q = HistoryQuery {
         sensor_id: Some(w.sensor(&sensor)),
         feature_type: Some(t.letter().into()),
@@ -112,21 +118,32 @@ async fn problem(w: &mut World, status: u16) -> anyhow::Result<()> {
     let r = w.response()?;
     r.expect_status(status)?;
     let ct = r.header("content-type").unwrap_or("");
-    ensure!(ct.starts_with("application/problem+json"), "expected content-type application/problem+json, got {ct:?}; body {}", r.body);
+    ensure!(
+        ct.starts_with("application/problem+json"),
+        "expected content-type application/problem+json, got {ct:?}; body {}",
+        r.body
+    );
     let body = r.json()?;
     ensure!(body["status"] == status, "problem body status {} differs from HTTP status {status}", body["status"]);
     for field in ["type", "title"] {
         ensure!(body[field].as_str().is_some_and(|s| !s.is_empty()), "problem body lacks {field:?}: {body}");
     }
     let text = r.body.to_lowercase();
-    ensure!(!text.contains("panicked") && !text.contains("stack backtrace") && !text.contains(".rs:"), "problem body leaks internals: {}", r.body);
+    ensure!(
+        !text.contains("panicked") && !text.contains("stack backtrace") && !text.contains(".rs:"),
+        "problem body leaks internals: {}",
+        r.body
+    );
     Ok(())
 }
 
 #[then(expr = "the problem names the invalid parameter {string}")]
 async fn problem_names(w: &mut World, param: String) -> anyhow::Result<()> {
     let body = w.response()?.json()?;
-    let names: Vec<&str> = body["invalid_params"].as_array().map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect()).unwrap_or_default();
+    let names: Vec<&str> = body["invalid_params"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
+        .unwrap_or_default();
     ensure!(names.contains(&param.as_str()), "expected invalid_params to name {param:?}; got {names:?} in {body}");
     Ok(())
 }
@@ -175,9 +192,21 @@ async fn lists_n(w: &mut World, n: usize) -> anyhow::Result<()> {
 #[then(expr = "the response lists exactly the seeded rows {int} to {int}")]
 async fn lists_seeded_range(w: &mut World, first: usize, last: usize) -> anyhow::Result<()> {
     let body = w.response()?.expect_status(200)?.json()?;
-    let got: Vec<String> = body["items"].as_array().context("no items")?.iter().filter_map(|i| i["message_id"].as_str().map(String::from)).collect();
+    let got: Vec<String> = body["items"]
+        .as_array()
+        .context("no items")?
+        .iter()
+        .filter_map(|i| i["message_id"].as_str().map(String::from))
+        .collect();
     let want: Vec<String> = w.seeded[first..=last].iter().map(|r| r.message_id.to_string()).collect();
-    ensure!(got == want, "expected seeded rows {first}..={last} ({} ids), got {} ids\n  expected {:?}\n  got      {:?}", want.len(), got.len(), want, got);
+    ensure!(
+        got == want,
+        "expected seeded rows {first}..={last} ({} ids), got {} ids\n  expected {:?}\n  got      {:?}",
+        want.len(),
+        got.len(),
+        want,
+        got
+    );
     Ok(())
 }
 
@@ -196,12 +225,14 @@ async fn equals_seeded(w: &mut World, index: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[then(expr = "paging through the Feature {type} history of sensor {string} {int} rows at a time returns every seeded row exactly once, in order")]
+#[then(
+    expr = "paging through the Feature {type} history of sensor {string} {int} rows at a time returns every seeded row exactly once, in order"
+)]
 async fn paging(w: &mut World, t: FeatureTypeParam, sensor: String, page: u32) -> anyhow::Result<()> {
     let items = w.api()?.history_all(&w.sensor(&sensor), t.letter(), Some(page)).await?;
     let got: Vec<String> = items.iter().filter_map(|i| i["message_id"].as_str().map(String::from)).collect();
     let mut seeded = w.seeded.clone();
-    seeded.sort_by(|a, b| (a.captured_at, a.message_id).cmp(&(b.captured_at, b.message_id)));
+    seeded.sort_by_key(|r| (r.captured_at, r.message_id));
     let want: Vec<String> = seeded.iter().map(|r| r.message_id.to_string()).collect();
     let mut unique = got.clone();
     unique.sort();
@@ -242,7 +273,9 @@ async fn eventually_latest(w: &mut World, t: FeatureTypeParam, sensor: String) -
             async move {
                 let r = api.latest(&sensor_id, letter).await?;
                 if r.status != 200 {
-                    return Ok(Check::NotYet { observed: format!("status {}: {}", r.status, r.body.chars().take(200).collect::<String>()) });
+                    return Ok(Check::NotYet {
+                        observed: format!("status {}: {}", r.status, r.body.chars().take(200).collect::<String>()),
+                    });
                 }
                 let body = r.json()?;
                 Ok(if body["source_message_id"] == last.to_string() {
@@ -275,7 +308,12 @@ async fn latest_equals_newest(w: &mut World, t: FeatureTypeParam, sensor: String
         newest.message_id,
         newest.sequence
     );
-    ensure!(body["features"] == newest.features, "features differ: API {} vs row {}", body["features"], newest.features);
+    ensure!(
+        body["features"] == newest.features,
+        "features differ: API {} vs row {}",
+        body["features"],
+        newest.features
+    );
     Ok(())
 }
 
@@ -307,12 +345,18 @@ async fn burst(w: &mut World, n: usize, sensor: String) -> anyhow::Result<()> {
 #[then(expr = "at least {int} of them are rejected with 429 and a Retry-After header")]
 async fn some_429(w: &mut World, min: usize) -> anyhow::Result<()> {
     let limited: Vec<_> = w.responses.iter().filter(|r| r.status == 429).collect();
-    ensure!(limited.len() >= min, "expected at least {min} responses with 429, got {} (statuses {:?})", limited.len(), w.responses.iter().map(|r| r.status).collect::<Vec<_>>());
+    ensure!(
+        limited.len() >= min,
+        "expected at least {min} responses with 429, got {} (statuses {:?})",
+        limited.len(),
+        w.responses.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
     for r in limited {
         let ra = r.header("retry-after").context("a 429 without Retry-After")?;
         ensure!(ra.parse::<u64>().is_ok_and(|s| s >= 1), "Retry-After must be whole seconds >= 1, got {ra:?}");
     }
-    let others: Vec<u16> = w.responses.iter().map(|r| r.status).filter(|s| *s != 429 && *s != 200 && *s != 404).collect();
+    let others: Vec<u16> =
+        w.responses.iter().map(|r| r.status).filter(|s| *s != 429 && *s != 200 && *s != 404).collect();
     ensure!(others.is_empty(), "unexpected statuses besides 200/404/429: {others:?}");
     Ok(())
 }

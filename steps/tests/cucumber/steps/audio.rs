@@ -116,7 +116,12 @@ async fn publish_malformed(w: &mut World, sensor: String, how: Malformation) -> 
         }
     };
     let message_id = uuid::Uuid::new_v4().to_string();
-    let msg = RawMessage { body, message_id: Some(message_id.clone()), sensor_id: Some(sensor_id.clone()), ..Default::default() };
+    let msg = RawMessage {
+        body,
+        message_id: Some(message_id.clone()),
+        sensor_id: Some(sensor_id.clone()),
+        ..Default::default()
+    };
     w.pipeline().publisher.raw(&msg).await?;
     w.raw_ids.entry(sensor_id).or_default().push(message_id);
     Ok(())
@@ -159,7 +164,12 @@ async fn publish_feature_missing_field(w: &mut World, sensor: String, field: Str
     let removed = v.as_object_mut().expect("object").remove(&field);
     anyhow::ensure!(removed.is_some(), "Feature A has no field {field:?} to remove");
     let id = a.message_id.to_string();
-    let msg = RawMessage { body: serde_json::to_vec(&v)?, message_id: Some(id.clone()), sensor_id: Some(sensor_id.clone()), ..Default::default() };
+    let msg = RawMessage {
+        body: serde_json::to_vec(&v)?,
+        message_id: Some(id.clone()),
+        sensor_id: Some(sensor_id.clone()),
+        ..Default::default()
+    };
     let exchange = w.pipeline().names.features_a();
     w.pipeline().publisher.raw_to(&exchange, "", &msg).await?;
     w.raw_ids.entry(sensor_id).or_default().push(id);

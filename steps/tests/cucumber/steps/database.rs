@@ -13,27 +13,35 @@ async fn rows_eventually(w: &mut World, n: usize, t: FeatureTypeParam, sensor: S
     let sensor_id = w.sensor(&sensor);
     let db = w.env.db.clone();
     let letter = t.letter();
-    let rows = eventually(&format!("{n} Feature {letter} rows for {sensor:?}"), &format!("{n} rows"), &w.backoff(), || {
-        let (db, sensor_id) = (db.clone(), sensor_id.clone());
-        async move {
-            let rows: Vec<FeatureRow> = db.rows_for_sensor(&sensor_id).await?.into_iter().filter(|r| r.feature_type == letter).collect();
-            Ok(if rows.len() == n { Check::Done(rows) } else { Check::NotYet { observed: format!("{} rows", rows.len()) } })
-        }
-    })
-    .await?
-    .value;
+    let rows =
+        eventually(&format!("{n} Feature {letter} rows for {sensor:?}"), &format!("{n} rows"), &w.backoff(), || {
+            let (db, sensor_id) = (db.clone(), sensor_id.clone());
+            async move {
+                let rows: Vec<FeatureRow> =
+                    db.rows_for_sensor(&sensor_id).await?.into_iter().filter(|r| r.feature_type == letter).collect();
+                Ok(if rows.len() == n {
+                    Check::Done(rows)
+                } else {
+                    Check::NotYet { observed: format!("{} rows", rows.len()) }
+                })
+            }
+        })
+        .await?
+        .value;
     for r in &rows {
         w.ledger.record_db_seen(r.source_message_id);
     }
     // Rows must not keep coming after the expected count (duplicates would).
-    let extra = harness::eventually::never(&format!("more than {n} Feature {letter} rows for {sensor:?}"), w.settle(), || {
-        let (db, sensor_id) = (db.clone(), sensor_id.clone());
-        async move {
-            let count = db.rows_for_sensor(&sensor_id).await?.into_iter().filter(|r| r.feature_type == letter).count();
-            Ok(if count > n { Some(format!("{count} rows")) } else { None })
-        }
-    })
-    .await;
+    let extra =
+        harness::eventually::never(&format!("more than {n} Feature {letter} rows for {sensor:?}"), w.settle(), || {
+            let (db, sensor_id) = (db.clone(), sensor_id.clone());
+            async move {
+                let count =
+                    db.rows_for_sensor(&sensor_id).await?.into_iter().filter(|r| r.feature_type == letter).count();
+                Ok(if count > n { Some(format!("{count} rows")) } else { None })
+            }
+        })
+        .await;
     w.last_rows = rows;
     extra.map(|_| ())
 }
@@ -49,13 +57,29 @@ async fn rows_equal_messages(w: &mut World, t: FeatureTypeParam, sensor: String)
         let row = rows.iter().find(|r| r.message_id == id).with_context(|| format!("no row for message {id}"))?;
         let json = m.json.as_ref().expect("feature messages are JSON");
         ensure!(row.feature_type == t.letter(), "feature_type: expected {}, got {}", t.letter(), row.feature_type);
-        ensure!(Some(&row.features) == json.get("features"), "features JSONB differs from the message:\n  expected {}\n  stored   {}", json["features"], row.features);
+        ensure!(
+            Some(&row.features) == json.get("features"),
+            "features JSONB differs from the message:\n  expected {}\n  stored   {}",
+            json["features"],
+            row.features
+        );
         ensure!(json["source_message_id"] == row.source_message_id.to_string(), "source_message_id differs");
-        ensure!(json["sequence"].as_i64() == Some(row.sequence), "sequence differs: {} vs {}", json["sequence"], row.sequence);
+        ensure!(
+            json["sequence"].as_i64() == Some(row.sequence),
+            "sequence differs: {} vs {}",
+            json["sequence"],
+            row.sequence
+        );
         ensure!(json["processed_by"] == row.processed_by.as_str(), "processed_by differs");
-        let captured = chrono::DateTime::parse_from_rfc3339(json["captured_at"].as_str().unwrap_or(""))?.with_timezone(&chrono::Utc);
+        let captured = chrono::DateTime::parse_from_rfc3339(json["captured_at"].as_str().unwrap_or(""))?
+            .with_timezone(&chrono::Utc);
         ensure!(captured == row.captured_at, "captured_at: message {captured}, row {}", row.captured_at);
-        ensure!(row.written_at >= row.captured_at, "written_at {} precedes captured_at {}", row.written_at, row.captured_at);
+        ensure!(
+            row.written_at >= row.captured_at,
+            "written_at {} precedes captured_at {}",
+            row.written_at,
+            row.captured_at
+        );
     }
     Ok(())
 }
@@ -82,8 +106,17 @@ async fn one_row_per_message(w: &mut World, sensor: String) -> anyhow::Result<()
 }
 
 #[given(expr = "{int} stored Feature {type} rows for sensor {string} captured every {duration} from {string}")]
-async fn seed_rows(w: &mut World, n: usize, t: FeatureTypeParam, sensor: String, every: DurationParam, start: String) -> anyhow::Result<()> {
-    let start = chrono::DateTime::parse_from_rfc3339(&start).with_context(|| format!("start time {start:?}"))?.with_timezone(&chrono::Utc);
+async fn seed_rows(
+    w: &mut World,
+    n: usize,
+    t: FeatureTypeParam,
+    sensor: String,
+    every: DurationParam,
+    start: String,
+) -> anyhow::Result<()> {
+    let start = chrono::DateTime::parse_from_rfc3339(&start)
+        .with_context(|| format!("start time {start:?}"))?
+        .with_timezone(&chrono::Utc);
     let step = chrono::Duration::from_std(every.0)?;
     let sensor_id = w.sensor(&sensor);
     let rows: Vec<FeatureRow> = (0..n)

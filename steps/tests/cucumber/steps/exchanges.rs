@@ -13,7 +13,13 @@ async fn exactly_n(w: &mut World, n: usize, t: FeatureTypeParam, sensor: String)
 }
 
 #[then(expr = "Feature {type} for sensor {string} reports {word} of {string}")]
-async fn feature_value(w: &mut World, t: FeatureTypeParam, sensor: String, field: String, spec: String) -> anyhow::Result<()> {
+async fn feature_value(
+    w: &mut World,
+    t: FeatureTypeParam,
+    sensor: String,
+    field: String,
+    spec: String,
+) -> anyhow::Result<()> {
     let spec: NumSpec = spec.parse()?;
     let msgs = w.wait_features(t.source(), &sensor, 1).await?;
     let pointer = format!("/features/{field}");
@@ -34,8 +40,16 @@ async fn classified(w: &mut World, sensor: String, class: String, min: f64) -> a
     for m in &msgs {
         let got = m.str_field("/features/event_class").unwrap_or("<missing>");
         let conf = m.field("/features/confidence").and_then(|v| v.as_f64()).unwrap_or(-1.0);
-        ensure!(got == class, "expected event_class {class:?}, got {got:?} (confidence {conf})\n  message: {}", m.summary());
-        ensure!(conf >= min && conf <= 1.0, "expected confidence in [{min}, 1], got {conf}\n  message: {}", m.summary());
+        ensure!(
+            got == class,
+            "expected event_class {class:?}, got {got:?} (confidence {conf})\n  message: {}",
+            m.summary()
+        );
+        ensure!(
+            conf >= min && conf <= 1.0,
+            "expected confidence in [{min}, 1], got {conf}\n  message: {}",
+            m.summary()
+        );
     }
     Ok(())
 }
@@ -60,7 +74,12 @@ async fn lineage_fields(w: &mut World, t: FeatureTypeParam, sensor: String) -> a
             .iter()
             .find(|m| m.str_field("/source_message_id") == Some(id.as_str()))
             .ok_or_else(|| anyhow::anyhow!("no Feature {} with source_message_id {id}", t.letter()))?;
-        ensure!(m.field("/sequence").and_then(|v| v.as_u64()) == Some(c.sequence), "sequence differs: chunk {} vs {}", c.sequence, m.summary());
+        ensure!(
+            m.field("/sequence").and_then(|v| v.as_u64()) == Some(c.sequence),
+            "sequence differs: chunk {} vs {}",
+            c.sequence,
+            m.summary()
+        );
         let captured = m.str_field("/captured_at").and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
         ensure!(
             captured.map(|d| d.with_timezone(&chrono::Utc)) == Some(c.captured_at),
@@ -103,12 +122,19 @@ async fn dead_lettered(w: &mut World, sensor: String, dlq: String, reason: Strin
             1,
             w.deadline(),
             move |m| m.sensor_id().is_some_and(|s| ns.owns(s)),
-            |m| m.source == Source::Dlq(dlq_name.clone()) && m.amqp_message_id.as_ref().is_some_and(|id| ids.contains(id)),
+            |m| {
+                m.source == Source::Dlq(dlq_name.clone())
+                    && m.amqp_message_id.as_ref().is_some_and(|id| ids.contains(id))
+            },
         )
         .await?;
     let m = &found[0];
     let got = m.headers.get(services::contract::HEADER_DLQ_REASON).map(String::as_str).unwrap_or("<no reason header>");
-    ensure!(got == reason, "expected DLQ reason {reason:?}, got {got:?}; detail: {:?}", m.headers.get(services::contract::HEADER_DLQ_DETAIL));
+    ensure!(
+        got == reason,
+        "expected DLQ reason {reason:?}, got {got:?}; detail: {:?}",
+        m.headers.get(services::contract::HEADER_DLQ_DETAIL)
+    );
     ensure!(
         m.headers.get(services::contract::HEADER_DLQ_DETAIL).is_some_and(|d| !d.is_empty()),
         "the dead letter has no human-readable detail header"
@@ -117,7 +143,12 @@ async fn dead_lettered(w: &mut World, sensor: String, dlq: String, reason: Strin
 }
 
 #[then(expr = "no Feature {type} arrives for the broken message(s) of sensor {string} within {duration}")]
-async fn nothing_for_broken(w: &mut World, t: FeatureTypeParam, sensor: String, window: DurationParam) -> anyhow::Result<()> {
+async fn nothing_for_broken(
+    w: &mut World,
+    t: FeatureTypeParam,
+    sensor: String,
+    window: DurationParam,
+) -> anyhow::Result<()> {
     let sensor_id = w.sensor(&sensor);
     let source = t.source();
     w.pipeline()
@@ -133,7 +164,9 @@ async fn nothing_dead_lettered(w: &mut World, sensor: String, window: DurationPa
     let sensor_id = w.sensor(&sensor);
     w.pipeline()
         .tap
-        .none_within("dead letters", window.0, |m| matches!(m.source, Source::Dlq(_)) && m.sensor_id() == Some(sensor_id.as_str()))
+        .none_within("dead letters", window.0, |m| {
+            matches!(m.source, Source::Dlq(_)) && m.sensor_id() == Some(sensor_id.as_str())
+        })
         .await
 }
 
@@ -141,7 +174,8 @@ async fn nothing_dead_lettered(w: &mut World, sensor: String, window: DurationPa
 async fn all_valid(w: &mut World) -> anyhow::Result<()> {
     let v = w.contract_violations();
     ensure!(v.is_empty(), "contract violations:\n  {}", v.join("\n  "));
-    let seen = w.pipeline().tap.matching(|m| w.in_scope(m) && matches!(m.source, Source::FeatureA | Source::FeatureB)).len();
+    let seen =
+        w.pipeline().tap.matching(|m| w.in_scope(m) && matches!(m.source, Source::FeatureA | Source::FeatureB)).len();
     ensure!(seen > 0, "no feature messages were captured for this scenario, so nothing was checked");
     Ok(())
 }

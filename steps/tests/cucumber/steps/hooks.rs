@@ -48,7 +48,9 @@ pub async fn after_scenario(
             world: format!("{world:#?}"),
         };
         match write_failure_bundle(&report_dir, &bundle) {
-            Ok(dir) => eprintln!("  failure bundle for {:?} (namespace {}): {}", scenario.name, world.ns.prefix, dir.display()),
+            Ok(dir) => {
+                eprintln!("  failure bundle for {:?} (namespace {}): {}", scenario.name, world.ns.prefix, dir.display())
+            }
             Err(e) => eprintln!("  could not write the failure bundle: {e:#}"),
         }
     } else if let Err(e) = world.env.db.delete_sensor_prefix(&world.ns.prefix).await {

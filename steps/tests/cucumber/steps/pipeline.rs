@@ -26,16 +26,21 @@ async fn at_least_once(w: &mut World, sensor: String) -> anyhow::Result<()> {
     let mut backoff = w.backoff();
     backoff.deadline *= 2;
     // Redelivery may add duplicates (at-least-once); what must not happen is a lost chunk.
-    eventually(&format!("a Feature A for each of the {n} chunks of {sensor:?}"), "no chunk missing at Algorithm A", &backoff, || {
-        let r = ledger.reconcile(&tap);
-        async move {
-            Ok(if r.missing_feature_a.is_empty() && r.missing_feature_b.is_empty() {
-                Check::Done(())
-            } else {
-                Check::NotYet { observed: r.to_string() }
-            })
-        }
-    })
+    eventually(
+        &format!("a Feature A for each of the {n} chunks of {sensor:?}"),
+        "no chunk missing at Algorithm A",
+        &backoff,
+        || {
+            let r = ledger.reconcile(&tap);
+            async move {
+                Ok(if r.missing_feature_a.is_empty() && r.missing_feature_b.is_empty() {
+                    Check::Done(())
+                } else {
+                    Check::NotYet { observed: r.to_string() }
+                })
+            }
+        },
+    )
     .await
     .map(|_| ())
 }
@@ -49,7 +54,11 @@ async fn shared_among(w: &mut World, sensor: String, n: usize) -> anyhow::Result
     for m in &msgs {
         *per.entry(m.str_field("/processed_by").unwrap_or("<none>").to_string()).or_default() += 1;
     }
-    ensure!(per.len() == n, "expected work spread over {n} instances, saw {} ({per:?}); running: {running:?}", per.len());
+    ensure!(
+        per.len() == n,
+        "expected work spread over {n} instances, saw {} ({per:?}); running: {running:?}",
+        per.len()
+    );
     for id in &running {
         ensure!(per.contains_key(id), "instance {id} processed nothing; distribution {per:?}");
     }
@@ -86,7 +95,13 @@ async fn lineage_complete(w: &mut World, sensor: String) -> anyhow::Result<()> {
         } else {
             None
         };
-        ensure!(stage.is_none(), "chunk {} (seq {}) never reached {}", l.message_id, l.sequence, stage.context("checked")?);
+        ensure!(
+            stage.is_none(),
+            "chunk {} (seq {}) never reached {}",
+            l.message_id,
+            l.sequence,
+            stage.context("checked")?
+        );
     }
     Ok(())
 }

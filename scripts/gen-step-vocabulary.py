@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+# Regenerates features/README.md (the step vocabulary) from the step definitions and the feature files.
+import re, glob, os
+os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+params = {
+ 'string': r'"[^"]*"', 'int': r'-?\d+', 'float': r'-?[\d.]+', 'word': r'[^\s]+',
+ 'signal': r'(?:silence|white noise at amplitude [0-9.]+|[0-9.]+ Hz sine at amplitude [0-9.]+|[0-9.]+ Hz sine clipped at gain [0-9.]+)',
+ 'type': '[AB]', 'component': '(?:Algorithm A|Algorithm B|data writer|REST API)', 'duration': r'[0-9.]+ ?(?:ms|s)',
+ 'malformation': '(?:not JSON|schema version 2|no sensor_id|a NaN sample|an infinite sample|sample rate 12345|an oversized payload|invalid base64|a partial frame|an invalid message_id|3 channels)',
+}
+steps=[]
+for f in sorted(glob.glob('steps/tests/cucumber/steps/*.rs')):
+    domain=os.path.basename(f)[:-3]
+    for m in re.finditer(r'#\[(given|when|then)\((?:expr = )?"((?:[^"\\]|\\.)*)"\)\]', open(f).read()):
+        steps.append((domain, m.group(1), m.group(2).replace('\\"','"')))
+lines=[l.strip() for f in sorted(glob.glob('features/*.feature')) for l in open(f)]
+def to_re(expr):
+    out=''; i=0
+    while i < len(expr):
+        c=expr[i]
+        if c=='{':
+            j=expr.index('}',i); out+='(?:'+params[expr[i+1:j]]+'|<[^>]+>|"<[^>]+>")'; i=j+1; continue
+        if c=='(':
+            j=expr.index(')',i); out+='(?:'+re.escape(expr[i+1:j])+')?'; i=j+1; continue
+        m=re.match(r'(is)/(are)', expr[i:])
+        if m and (i==0 or not expr[i-1].isalnum()):
+            out+='(?:%s|%s)'%(m.group(1),m.group(2)); i+=len(m.group(0)); continue
+        out+=re.escape(c); i+=1
+    return '^(?:Given|When|Then|And|But) '+out+'$'
+doc=['# Step vocabulary','','Every step sentence the suite understands, by domain, with an example from `features/`.',
+'A test (`cargo test -p steps`) fails when a step in code is missing here; regenerate with `python3 scripts/gen-step-vocabulary.py`.','',
+'## Parameters','','| parameter | matches | example |','|---|---|---|',
+'| `{string}` | text in double quotes | `"mic"` |','| `{int}` / `{float}` | numbers | `3`, `0.9` |','| `{word}` | one word | `dominant_frequency_hz` |',
+'| `{signal}` | `silence`, `white noise at amplitude A`, `F Hz sine at amplitude A`, `F Hz sine clipped at gain G` | `440 Hz sine at amplitude 0.5` |',
+'| `{type}` | feature type `A` or `B` | `A` |','| `{component}` | `Algorithm A`, `Algorithm B`, `data writer`, `REST API` | `Algorithm A` |',
+'| `{duration}` | `N ms` or `N s` | `300 ms` |',
+'| `{malformation}` | `not JSON`, `schema version 2`, `no sensor_id`, `a NaN sample`, `an infinite sample`, `sample rate 12345`, `an oversized payload`, `invalid base64`, `a partial frame`, `an invalid message_id`, `3 channels` | `a NaN sample` |','',
+'Sensor names are local to a scenario: `"mic"` becomes `<run>-<scenario>-<id>.mic`, so scenarios never see each other.',
+'Tolerances are strings: `"440 ± 2"`, `"440 +- 2"`, `"1000 ± 0.5%"`. Paths in `I call` steps may use `{sensor}` for a sensor id of the scenario.',
+'Scenarios tagged `@needs-sut-control` start, kill or scale processes; the external profile skips them with a printed reason.','']
+missing=[]
+for domain in sorted(set(d for d,_,_ in steps)):
+    doc += ['## '+domain, '', '| keyword | step | example |', '|---|---|---|']
+    for d,kw,expr in steps:
+        if d!=domain: continue
+        rx=re.compile(to_re(expr))
+        ex=next((l for l in lines if rx.match(l)), None)
+        if ex is None: missing.append(expr)
+        doc.append('| %s | `%s` | %s |'%(kw.capitalize(), expr.replace('|','\\|'), ('`'+ex.replace('|','\\|')+'`') if ex else '(no example yet)'))
+    doc.append('')
+open('features/README.md','w').write('\n'.join(doc))
+print(len(steps),'steps;', 'unused:', missing)
