@@ -50,3 +50,32 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod design_sync {
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+
+    /// design.md's coverage matrix names feature files; it must name every one that exists and
+    /// no file that does not.
+    #[test]
+    fn design_md_names_exactly_the_feature_files() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
+        let design = std::fs::read_to_string(root.join("design.md")).expect("design.md");
+        let on_disk: BTreeSet<String> = std::fs::read_dir(root.join("features"))
+            .expect("features/")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".feature"))
+            .map(|n| format!("features/{n}"))
+            .collect();
+        let named: BTreeSet<String> = design
+            .split(|c: char| c.is_whitespace() || "|(),`[]".contains(c))
+            .filter(|w| w.starts_with("features/") && w.ends_with(".feature"))
+            .map(String::from)
+            .collect();
+        let unnamed: Vec<_> = on_disk.difference(&named).collect();
+        let dangling: Vec<_> = named.difference(&on_disk).collect();
+        assert!(unnamed.is_empty(), "feature files missing from design.md: {unnamed:?}");
+        assert!(dangling.is_empty(), "design.md names feature files that do not exist: {dangling:?}");
+    }
+}

@@ -46,6 +46,10 @@ async fn main() -> ExitCode {
     config.services_bin.get_or_insert_with(|| PathBuf::from(env!("CARGO_BIN_EXE_sut-pipeline")));
     let report_dir = config.report_dir.clone();
     let cucumber_dir = report_dir.join("cucumber");
+    // Bundles and lineage of an earlier run would be mistaken for this run's.
+    for stale in ["failures", "lineage", "sut-logs"] {
+        let _ = std::fs::remove_dir_all(report_dir.join(stale));
+    }
     std::fs::create_dir_all(&cucumber_dir).expect("create reports/cucumber");
 
     let profile = config.profile;

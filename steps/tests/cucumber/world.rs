@@ -101,8 +101,10 @@ impl World {
             responses: Vec::new(),
             seeded: Vec::new(),
             last_rows: Vec::new(),
-            // PostgreSQL keeps microseconds; a time axis at that precision round-trips exactly.
-            t0: DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now is representable"),
+            // The scenario's audio was "captured" from ten minutes ago on, so written_at always
+            // follows captured_at; microsecond precision because that is what PostgreSQL keeps.
+            t0: DateTime::from_timestamp_micros((Utc::now() - chrono::Duration::minutes(10)).timestamp_micros())
+                .expect("now is representable"),
         })
     }
 
