@@ -136,6 +136,18 @@ impl Env {
                     ("APQ_API_RATE_LIMIT_BURST".to_string(), "10000".to_string()),
                     ("APQ_WRITER_FLUSH_INTERVAL_MS".to_string(), "5".to_string()),
                 ];
+                // Fault injection and tuning for the services under test, e.g.
+                // QA_SUT_ENV="APQ_ALGORITHM_A_FAULT_DROP_EVERY=10,APQ_API_FAULT_SKIP_AUTH=true".
+                let mut service_env = service_env;
+                if let Ok(extra) = std::env::var("QA_SUT_ENV") {
+                    for pair in extra.split(',').filter(|p| !p.trim().is_empty()) {
+                        let (k, v) = pair
+                            .split_once('=')
+                            .with_context(|| format!("QA_SUT_ENV entry {pair:?} is not KEY=VALUE"))?;
+                        service_env.retain(|(ek, _)| ek != k.trim());
+                        service_env.push((k.trim().to_string(), v.trim().to_string()));
+                    }
+                }
                 let mut env = Env {
                     shared: new_local_pipeline(&config, &conn, &namespace, service_env, &run_id).await?,
                     database_url,
