@@ -5,11 +5,10 @@
 use crate::amqp::{dead_letter, json_properties, publish_confirmed};
 use crate::config::Settings;
 use crate::contract::{self, AudioChunk, FeatureA, MessageKind, Rejection};
-use crate::runtime::{Health, ServiceError, SessionEnd, announce_ready, supervise};
+use crate::runtime::{Health, ServiceError, announce_ready, consume_until_shutdown, supervise};
 use crate::topology::{self, Names};
 use chrono::Utc;
-use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,7 +52,7 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
             topology::fanout(&ch, &names.features_a()).await?;
             ch.basic_qos(settings.algorithm_a.prefetch, BasicQosOptions::default()).await?;
             let queue = names.audio_stream();
-            let mut consumer = ch
+            let consumer = ch
                 .basic_consume(
                     queue.as_str().into(),
                     instance.as_str().into(),
@@ -66,38 +65,14 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                 announce_ready(COMPONENT, instance, None);
             }
             tracing::info!(queue, instance, "consuming");
-            let mut inflight = tokio::task::JoinSet::new();
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    Some(done) = inflight.join_next(), if !inflight.is_empty() => {
-                        done.map_err(|e| ServiceError::Other(e.to_string()))??;
-                    }
-                    next = consumer.next() => {
-                        let delivery = match next {
-                            Some(d) => d?,
-                            None => return Err(ServiceError::Other("consumer stream ended".into())),
-                        };
-                        let (ch, names, instance) = (ch.clone(), names.clone(), instance.clone());
-                        let max = settings.amqp.max_message_bytes;
-                        let drop_every = settings.algorithm_a.fault_drop_every;
-                        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                        inflight.spawn(async move {
-                            handle(&ch, &names, &instance, delivery, max, drop_every, n).await
-                        });
-                    }
-                }
-            }
-            // Graceful: stop receiving, finish what we hold, then close (unacked ones are requeued).
-            ch.basic_cancel(instance.as_str().into(), BasicCancelOptions::default()).await.ok();
-            while let Some(done) = inflight.join_next().await {
-                if let Ok(Err(e)) = done {
-                    tracing::warn!(error = %e, "in-flight message failed during shutdown; it will be redelivered");
-                }
-            }
-            ch.close(200, "shutdown".into()).await.ok();
-            conn.close(200, "shutdown".into()).await.ok();
-            Ok(SessionEnd::Shutdown)
+            let max = settings.amqp.max_message_bytes;
+            let drop_every = settings.algorithm_a.fault_drop_every;
+            consume_until_shutdown(&conn, &ch, consumer, instance, shutdown, |delivery| {
+                let (ch, names, instance) = (ch.clone(), names.clone(), instance.clone());
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { handle(&ch, &names, &instance, delivery, max, drop_every, n).await }
+            })
+            .await
         }
     })
     .await;

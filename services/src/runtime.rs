@@ -132,3 +132,47 @@ pub async fn supervise<F, Fut>(
         }
     }
 }
+
+/// The work loop shared by Algorithm A and B: handles deliveries concurrently (the broker's
+/// prefetch bounds how many), fails the session on a handler or channel error (the supervisor
+/// reconnects; unacked deliveries are redelivered), and on shutdown stops consuming, finishes
+/// what it holds and closes, so nothing half-done is acked.
+pub async fn consume_until_shutdown<H, Fut>(
+    conn: &lapin::Connection,
+    ch: &lapin::Channel,
+    mut consumer: lapin::Consumer,
+    consumer_tag: &str,
+    shutdown: &CancellationToken,
+    mut handle: H,
+) -> Result<SessionEnd, ServiceError>
+where
+    H: FnMut(lapin::message::Delivery) -> Fut,
+    Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
+{
+    use futures::StreamExt;
+    let mut inflight = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                done.map_err(|e| ServiceError::Other(e.to_string()))??;
+            }
+            next = consumer.next() => {
+                let delivery = match next {
+                    Some(d) => d?,
+                    None => return Err(ServiceError::Other("consumer stream ended".into())),
+                };
+                inflight.spawn(handle(delivery));
+            }
+        }
+    }
+    ch.basic_cancel(consumer_tag.into(), lapin::options::BasicCancelOptions::default()).await.ok();
+    while let Some(done) = inflight.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "in-flight message failed during shutdown; it will be redelivered");
+        }
+    }
+    ch.close(200, "shutdown".into()).await.ok();
+    conn.close(200, "shutdown".into()).await.ok();
+    Ok(SessionEnd::Shutdown)
+}
