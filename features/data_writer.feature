@@ -9,7 +9,11 @@ Feature: The DataWriter persists both feature types, idempotently
     And the stored Feature A rows for sensor "mic" equal the published messages exactly
     And the stored Feature B rows for sensor "mic" equal the published messages exactly
 
-  Scenario: A redelivered chunk does not create duplicate rows
+  Scenario: A Feature message delivered twice is stored once
+    When the same Feature A message for sensor "redelivered" is published to features_a twice
+    Then the database holds exactly one row per Feature message of sensor "redelivered"
+
+  Scenario: A chunk published twice yields one row per Feature message
     When sensor "dup" publishes the same chunk of 440 Hz sine at amplitude 0.5 twice
     Then exactly 2 Feature A messages arrive for sensor "dup"
     And the database holds exactly one row per Feature message of sensor "dup"

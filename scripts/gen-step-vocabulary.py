@@ -11,7 +11,7 @@ params = {
 steps=[]
 for f in sorted(glob.glob('steps/tests/cucumber/steps/*.rs')):
     domain=os.path.basename(f)[:-3]
-    for m in re.finditer(r'#\[(given|when|then)\((?:expr = )?"((?:[^"\\]|\\.)*)"\)\]', open(f).read()):
+    for m in re.finditer(r'#\[(given|when|then)\(\s*(?:expr = )?"((?:[^"\\]|\\.)*)"\s*\)\]', open(f).read()):
         steps.append((domain, m.group(1), m.group(2).replace('\\"','"')))
 lines=[l.strip() for f in sorted(glob.glob('features/*.feature')) for l in open(f)]
 def to_re(expr):

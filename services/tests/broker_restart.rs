@@ -51,8 +51,10 @@ async fn no_chunk_is_lost_across_a_broker_restart() {
             _ => tokio::spawn(services::algorithm_a::run(settings, health, token)),
         });
     }
-    common::eventually(20, "every consumer to be ready", || async { healths.iter().all(Health::is_ready).then_some(()) })
-        .await;
+    common::eventually(20, "every consumer to be ready", || async {
+        healths.iter().all(Health::is_ready).then_some(())
+    })
+    .await;
 
     let sensor_id = "restart-sensor";
     let mut sensor = services::config::Settings { instance_id: Some("sensor-1".into()), ..scratch.settings() };
@@ -73,7 +75,10 @@ async fn no_chunk_is_lost_across_a_broker_restart() {
         .expect("sensor task")
         .expect("sensor run");
     assert_eq!(report.sent, CHUNKS, "every chunk must be confirmed eventually: {report:?}");
-    assert!(report.retries > 0, "the restart did not interrupt publishing (no retries), so nothing was tested: {report:?}");
+    assert!(
+        report.retries > 0,
+        "the restart did not interrupt publishing (no retries), so nothing was tested: {report:?}"
+    );
 
     let db = scratch.client().await;
     let want: BTreeSet<i64> = (0..CHUNKS as i64).collect();

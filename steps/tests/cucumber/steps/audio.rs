@@ -175,3 +175,24 @@ async fn publish_feature_missing_field(w: &mut World, sensor: String, field: Str
     w.raw_ids.entry(sensor_id).or_default().push(id);
     Ok(())
 }
+
+/// Delivers one Feature A message twice, as a broker redelivery would: the DataWriter must keep
+/// one row (message_id is UNIQUE).
+#[when(expr = "the same Feature A message for sensor {string} is published to features_a twice")]
+async fn publish_feature_twice(w: &mut World, sensor: String) -> anyhow::Result<()> {
+    let sensor_id = w.sensor(&sensor);
+    let samples = Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600);
+    let chunk = AudioChunk::from_samples(&sensor_id, 0, w.t0, 16_000, 1, Encoding::PcmF32le, &samples);
+    let a = services::algorithm_a::process(&chunk, "qa-producer").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let msg = RawMessage {
+        body: serde_json::to_vec(&a)?,
+        message_id: Some(a.message_id.to_string()),
+        sensor_id: Some(sensor_id),
+        ..Default::default()
+    };
+    let exchange = w.pipeline().names.features_a();
+    for _ in 0..2 {
+        w.pipeline().publisher.raw_to(&exchange, "", &msg).await?;
+    }
+    Ok(())
+}

@@ -101,6 +101,15 @@ async fn one_row_per_message(w: &mut World, sensor: String) -> anyhow::Result<()
         .await?
         .value;
         ensure!(rows.len() == 1, "message {id} has {} rows; expected exactly 1", rows.len());
+        // A duplicate insert may land a moment after the first: watch for it.
+        harness::eventually::never(&format!("a second row for message {id}"), w.settle(), || {
+            let db = db.clone();
+            async move {
+                let n = db.rows_by_message_id(id).await?.len();
+                Ok((n > 1).then(|| format!("{n} rows for message {id} (DataWriter not idempotent)")))
+            }
+        })
+        .await?;
     }
     Ok(())
 }
