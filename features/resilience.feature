@@ -29,3 +29,12 @@ Feature: The pipeline loses nothing when components die or restart
     And 1 Algorithm A instance is killed
     And 1 more Algorithm A instance starts
     Then every chunk from sensor "crash" is processed, none lost
+
+  Scenario: Restarting Algorithm B mid-stream loses nothing
+    Given a private pipeline
+    And 1 Algorithm A instance running
+    And 1 Algorithm B instance running
+    When sensor "bounce" publishes 60 chunks of white noise at amplitude 0.3
+    And Algorithm B is restarted
+    And sensor "bounce" publishes 20 chunks of white noise at amplitude 0.3
+    Then every chunk from sensor "bounce" is processed, none lost

@@ -58,8 +58,15 @@ postgres_up() {
   fi
   local v; v=$(pg_version)
   [ "$fresh" = 1 ] && postgres_trust_loopback "$v"
-  say "postgresql: starting cluster $v/main"
-  pg_ctlcluster --skip-systemctl-redirect "$v" main start 2>/dev/null || pg_ctlcluster "$v" main start
+  if pg_ctlcluster "$v" main status >/dev/null 2>&1; then
+    # where systemd runs (a fresh Debian machine) apt-get install already started the cluster, before the
+    # pg_hba edit above: reload so the edit applies (a start would be a no-op under systemd, the old pg_hba in force)
+    say "postgresql: cluster $v/main is already running; reloading its configuration"
+    pg_ctlcluster "$v" main reload
+  else
+    say "postgresql: starting cluster $v/main"
+    pg_ctlcluster --skip-systemctl-redirect "$v" main start 2>/dev/null || pg_ctlcluster "$v" main start
+  fi
   wait_port 5432 60 postgresql
   say "postgresql: up"
 }

@@ -100,7 +100,11 @@ async fn one_row_per_message(w: &mut World, sensor: String) -> anyhow::Result<()
         })
         .await?
         .value;
-        ensure!(rows.len() == 1, "message {id} has {} rows; expected exactly 1", rows.len());
+        ensure!(
+            rows.len() == 1,
+            "message {id} has {} rows; expected exactly 1 (the DataWriter stored a duplicate)",
+            rows.len()
+        );
         // A duplicate insert may land a moment after the first: watch for it.
         harness::eventually::never(&format!("a second row for message {id}"), w.settle(), || {
             let db = db.clone();

@@ -63,3 +63,12 @@ async fn stop_all(w: &mut World, c: ComponentParam) -> anyhow::Result<()> {
 async fn scale(w: &mut World, c: ComponentParam, n: usize) -> anyhow::Result<()> {
     w.pipeline_mut()?.procs()?.scale(c.0, n, &[]).await
 }
+
+#[when(expr = "{component} is restarted")]
+async fn restart(w: &mut World, c: ComponentParam) -> anyhow::Result<()> {
+    let procs = w.pipeline_mut()?.procs()?;
+    let n = procs.instances(c.0).len();
+    ensure!(n > 0, "no {} instance is running, so there is nothing to restart", c.0.subcommand());
+    procs.stop(c.0, None).await?;
+    procs.start(c.0, n, &[]).await.map(|_| ())
+}
