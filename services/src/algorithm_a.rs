@@ -5,11 +5,10 @@
 use crate::amqp::{dead_letter, json_properties, publish_confirmed};
 use crate::config::Settings;
 use crate::contract::{self, AudioChunk, FeatureA, MessageKind, Rejection};
-use crate::runtime::{Health, ServiceError, announce_ready, consume_until_shutdown, supervise};
+use crate::runtime::{Health, ServiceError, consume_until_shutdown, start_consuming, supervise};
 use crate::topology::{self, Names};
 use chrono::Utc;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
@@ -50,21 +49,16 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
             let ch = crate::amqp::confirm_channel(&conn).await?;
             topology::audio_stream(&ch, names).await?;
             topology::fanout(&ch, &names.features_a()).await?;
-            ch.basic_qos(settings.algorithm_a.prefetch, BasicQosOptions::default()).await?;
-            let queue = names.audio_stream();
-            let consumer = ch
-                .basic_consume(
-                    queue.as_str().into(),
-                    instance.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            health.set_ready(true);
-            if !announced.swap(true, Ordering::SeqCst) {
-                announce_ready(COMPONENT, instance, None);
-            }
-            tracing::info!(queue, instance, "consuming");
+            let consumer = start_consuming(
+                &ch,
+                &names.audio_stream(),
+                settings.algorithm_a.prefetch,
+                COMPONENT,
+                instance,
+                health,
+                announced,
+            )
+            .await?;
             let max = settings.amqp.max_message_bytes;
             let drop_every = settings.algorithm_a.fault_drop_every;
             consume_until_shutdown(&conn, &ch, consumer, instance, shutdown, |delivery| {

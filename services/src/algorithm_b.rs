@@ -5,11 +5,10 @@
 use crate::amqp::{dead_letter, json_properties, publish_confirmed};
 use crate::config::Settings;
 use crate::contract::{self, EventClass, EventFeatures, FeatureA, FeatureB, MessageKind, SignalFeatures};
-use crate::runtime::{Health, ServiceError, announce_ready, consume_until_shutdown, supervise};
+use crate::runtime::{Health, ServiceError, consume_until_shutdown, start_consuming, supervise};
 use crate::topology::{self, Names};
 use chrono::Utc;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
@@ -75,20 +74,9 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
             let queue = names.algorithm_b_queue();
             topology::bound_queue(&ch, &names.features_a(), &queue).await?;
             topology::fanout(&ch, &names.features_b()).await?;
-            ch.basic_qos(settings.algorithm_b.prefetch, BasicQosOptions::default()).await?;
-            let consumer = ch
-                .basic_consume(
-                    queue.as_str().into(),
-                    instance.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            health.set_ready(true);
-            if !announced.swap(true, Ordering::SeqCst) {
-                announce_ready(COMPONENT, instance, None);
-            }
-            tracing::info!(queue, instance, "consuming");
+            let consumer =
+                start_consuming(&ch, &queue, settings.algorithm_b.prefetch, COMPONENT, instance, health, announced)
+                    .await?;
             let max = settings.amqp.max_message_bytes;
             let drop_every = settings.algorithm_b.fault_drop_every;
             consume_until_shutdown(&conn, &ch, consumer, instance, shutdown, |delivery| {

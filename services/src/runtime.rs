@@ -176,3 +176,32 @@ where
     conn.close(200, "shutdown".into()).await.ok();
     Ok(SessionEnd::Shutdown)
 }
+
+/// Starts consuming `queue` with `prefetch` unacked deliveries at most, marks the component ready
+/// and, the first time only, announces readiness on stdout.
+pub async fn start_consuming(
+    ch: &lapin::Channel,
+    queue: &str,
+    prefetch: u16,
+    component: &str,
+    instance: &str,
+    health: &Health,
+    announced: &AtomicBool,
+) -> Result<lapin::Consumer, ServiceError> {
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let consumer = ch
+        .basic_consume(
+            queue.into(),
+            instance.into(),
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    health.set_ready(true);
+    if !announced.swap(true, Ordering::SeqCst) {
+        announce_ready(component, instance, None);
+    }
+    tracing::info!(queue, instance, "consuming");
+    Ok(consumer)
+}

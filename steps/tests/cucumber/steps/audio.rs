@@ -53,20 +53,18 @@ async fn publish_twice(w: &mut World, sensor: String, signal: SignalParam) -> an
     w.pipeline().publisher.chunk(&chunk).await
 }
 
+/// A valid 100 ms, 440 Hz chunk at the sensor's next sequence: the base that steps break or extend.
+fn reference_chunk(w: &World, sensor_id: &str) -> AudioChunk {
+    let seq = *w.sequences.get(sensor_id).unwrap_or(&0);
+    let samples = Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600);
+    AudioChunk::from_samples(sensor_id, seq, w.t0, 16_000, 1, Encoding::PcmF32le, &samples)
+}
+
 /// Publishes a chunk broken in one way; the AMQP message_id property still identifies it.
 #[when(expr = "sensor {string} publishes a chunk with {malformation}")]
 async fn publish_malformed(w: &mut World, sensor: String, how: Malformation) -> anyhow::Result<()> {
     let sensor_id = w.sensor(&sensor);
-    let seq = *w.sequences.get(&sensor_id).unwrap_or(&0);
-    let good = AudioChunk::from_samples(
-        &sensor_id,
-        seq,
-        w.t0,
-        16_000,
-        1,
-        Encoding::PcmF32le,
-        &Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600),
-    );
+    let good = reference_chunk(w, &sensor_id);
     let mut v = serde_json::to_value(&good)?;
     let f32_b64 = |xs: &[f32]| {
         base64::engine::general_purpose::STANDARD.encode(xs.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
@@ -130,16 +128,8 @@ async fn publish_malformed(w: &mut World, sensor: String, how: Malformation) -> 
 #[when(expr = "sensor {string} publishes a chunk with an extra optional field {string}")]
 async fn publish_extra_field(w: &mut World, sensor: String, field: String) -> anyhow::Result<()> {
     let sensor_id = w.sensor(&sensor);
-    let seq = *w.sequences.get(&sensor_id).unwrap_or(&0);
-    let chunk = AudioChunk::from_samples(
-        &sensor_id,
-        seq,
-        w.t0,
-        16_000,
-        1,
-        Encoding::PcmF32le,
-        &Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600),
-    );
+    let chunk = reference_chunk(w, &sensor_id);
+    let seq = chunk.sequence;
     let mut v = serde_json::to_value(&chunk)?;
     v[field.as_str()] = serde_json::json!("added by a newer producer");
     let msg = RawMessage {
