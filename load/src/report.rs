@@ -1,0 +1,421 @@
+//! The run's report model and its writers: `sla-summary.json`, `junit.xml` (one test case per
+//! gate), `index.html` (pass/fail table, latency plots, trend) and the console table.
+
+use crate::cpu::CpuUsage;
+use crate::reconcile::StageReconciliation;
+use crate::sla::{GateResult, Verdict, fmt_num, tally};
+use crate::stats::{Latency, LatencySummary, SeriesPoint};
+use crate::trend::Delta;
+use anyhow::Context as _;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+
+/// Throughput of one phase: what was offered (target rate) and what was achieved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Throughput {
+    /// The phase, e.g. `rest (goose)` or `burst publish`.
+    pub name: String,
+    /// Target rate per second; `None` for closed-loop phases (as fast as answered).
+    pub offered_per_sec: Option<f64>,
+    /// Achieved rate per second.
+    pub achieved_per_sec: f64,
+    /// Operations counted.
+    pub count: u64,
+    /// Seconds measured.
+    pub secs: f64,
+}
+
+/// One latency measurement: percentiles plus what the plots need.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyReport {
+    /// Raw and CO-corrected percentiles.
+    #[serde(flatten)]
+    pub summary: LatencySummary,
+    /// Per-second p50/p99/max.
+    pub series: Vec<SeriesPoint>,
+    /// (upper edge ms, count) buckets; not serialized (plots only).
+    #[serde(skip)]
+    pub distribution: Vec<(f64, u64)>,
+}
+
+impl LatencyReport {
+    /// Snapshot of a recorder.
+    pub fn of(l: &Latency) -> Self {
+        LatencyReport { summary: l.summary(), series: l.series(), distribution: l.distribution() }
+    }
+}
+
+/// Everything a run produced, written as `sla-summary.json`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RunReport {
+    /// Short random id of the run (namespaces, database names).
+    pub run_id: String,
+    /// RFC 3339 start time (UTC).
+    pub started_at: String,
+    /// RFC 3339 end time (UTC).
+    pub finished_at: String,
+    /// The command line.
+    pub command: Vec<String>,
+    /// The REST target, when REST gates ran.
+    pub host: Option<String>,
+    /// `floor` or `target`.
+    pub sla_profile: String,
+    /// Workload name from `sla.toml`.
+    pub workload: String,
+    /// Cores of this machine.
+    pub machine_cores: usize,
+    /// Gate results in run order.
+    pub gates: Vec<GateResult>,
+    /// Gates passed / failed / skipped.
+    pub passed: usize,
+    /// Gates that failed.
+    pub failed: usize,
+    /// Gates that did not apply.
+    pub skipped: usize,
+    /// Latency measurements by name.
+    pub latencies: BTreeMap<String, LatencyReport>,
+    /// Throughput per phase, achieved vs offered.
+    pub throughput: Vec<Throughput>,
+    /// REST responses by status ("200", "404", "transport", "invalid body", …); 429 is here too.
+    pub responses_by_status: BTreeMap<String, u64>,
+    /// Requests answered 429 (rate limited; not errors).
+    pub rate_limited: u64,
+    /// Requests counted as errors (not 2xx-and-valid, not 429).
+    pub errors: u64,
+    /// Error budget used, percent of the `rest_error_rate` allowance.
+    pub error_budget_used_pct: Option<f64>,
+    /// Reconciliation per pipeline stage.
+    pub reconciliation: Vec<StageReconciliation<Uuid>>,
+    /// Load generator CPU over the whole run.
+    pub load_generator_cpu: CpuUsage,
+    /// Goose report files written.
+    pub goose_reports: Vec<String>,
+    /// Free-form figures (instance distribution, sizes, …).
+    pub notes: BTreeMap<String, serde_json::Value>,
+    /// The previous run's summary compared with.
+    pub previous_run: Option<String>,
+    /// Deltas against it.
+    pub trend: Vec<Delta>,
+}
+
+impl RunReport {
+    /// Recounts passed/failed/skipped from the gates.
+    pub fn recount(&mut self) {
+        let (p, f) = tally(&self.gates);
+        self.passed = p;
+        self.failed = f;
+        self.skipped = self.gates.iter().filter(|g| g.verdict == Verdict::Skipped).count();
+    }
+
+    /// Names of the failed gates.
+    pub fn failed_gates(&self) -> Vec<&str> {
+        self.gates.iter().filter(|g| g.verdict == Verdict::Fail).map(|g| g.name.as_str()).collect()
+    }
+}
+
+/// Writes `sla-summary.json`, `junit.xml` and `index.html` into `dir`; returns their paths.
+pub fn write_all(dir: &Path, report: &RunReport) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let summary = dir.join("sla-summary.json");
+    std::fs::write(&summary, serde_json::to_vec_pretty(report)?).with_context(|| format!("writing {}", summary.display()))?;
+    let junit = dir.join("junit.xml");
+    std::fs::write(&junit, junit_xml(report)).with_context(|| format!("writing {}", junit.display()))?;
+    let html = dir.join("index.html");
+    std::fs::write(&html, html_page(report)?).with_context(|| format!("writing {}", html.display()))?;
+    Ok(vec![summary, junit, html])
+}
+
+/// XML-escapes text for attributes and bodies.
+fn xml(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // XML 1.0 forbids most control characters even when escaped.
+            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t') => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// JUnit XML: one test case per gate; failures carry observed vs threshold.
+pub fn junit_xml(r: &RunReport) -> String {
+    let total: f64 = r.gates.iter().map(|g| g.elapsed_secs).sum();
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        x,
+        "<testsuites name=\"load\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{total:.3}\">",
+        r.gates.len(),
+        r.failed,
+        r.skipped
+    );
+    let _ = writeln!(
+        x,
+        "  <testsuite name=\"sla.{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{total:.3}\" timestamp=\"{}\">",
+        xml(&r.sla_profile),
+        r.gates.len(),
+        r.failed,
+        r.skipped,
+        xml(&r.started_at)
+    );
+    for g in &r.gates {
+        let _ = write!(
+            x,
+            "    <testcase classname=\"sla.{}\" name=\"{}\" time=\"{:.3}\"",
+            xml(&r.sla_profile),
+            xml(&g.name),
+            g.elapsed_secs
+        );
+        let msg = format!("{}: observed {} vs {} ({})", g.name, g.observed_text(), g.threshold, g.key);
+        match g.verdict {
+            Verdict::Pass => {
+                let _ = writeln!(x, ">\n      <system-out>{}; {}</system-out>\n    </testcase>", xml(&msg), xml(&g.detail));
+            }
+            Verdict::Fail => {
+                let _ = writeln!(
+                    x,
+                    ">\n      <failure message=\"{}\" type=\"SlaBreach\">{}</failure>\n    </testcase>",
+                    xml(&msg),
+                    xml(&g.detail)
+                );
+            }
+            Verdict::Skipped => {
+                let _ = writeln!(x, ">\n      <skipped message=\"{}\"/>\n    </testcase>", xml(&g.detail));
+            }
+        }
+    }
+    x.push_str("  </testsuite>\n</testsuites>\n");
+    x
+}
+
+/// The HTML page: verdict, gate table, trend, throughput, latency percentiles and plots.
+pub fn html_page(r: &RunReport) -> anyhow::Result<String> {
+    let mut h = String::new();
+    let verdict = if r.failed == 0 { "PASS" } else { "FAIL" };
+    let _ = write!(
+        h,
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>SLA {verdict} – load {}</title>\n<style>\
+         body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:1em 0}}\
+         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{background:#eee}}\
+         .pass{{background:#d8f5d8}}.fail{{background:#f8d0d0}}.skipped{{background:#eee}}.reg{{color:#b00;font-weight:bold}}\
+         .plots{{display:flex;flex-wrap:wrap;gap:1em}}</style></head><body>\n",
+        xml(&r.started_at)
+    );
+    let _ = writeln!(
+        h,
+        "<h1>SLA {verdict}: {} passed, {} failed, {} skipped</h1>\n<p>run <code>{}</code>, {} → {}, profile <b>{}</b>, workload <b>{}</b>, host {}, load generator CPU {:.2} cores ({:.0}% of {} cores)</p>\n<p><code>{}</code></p>",
+        r.passed,
+        r.failed,
+        r.skipped,
+        xml(&r.run_id),
+        xml(&r.started_at),
+        xml(&r.finished_at),
+        xml(&r.sla_profile),
+        xml(&r.workload),
+        xml(r.host.as_deref().unwrap_or("(none)")),
+        r.load_generator_cpu.cores,
+        r.load_generator_cpu.machine_pct,
+        r.machine_cores,
+        xml(&r.command.join(" "))
+    );
+    h.push_str("<h2>Gates</h2>\n<table><tr><th>gate</th><th>verdict</th><th>observed</th><th>threshold</th><th>budget used</th><th>vs previous</th><th>detail</th></tr>\n");
+    for g in &r.gates {
+        let class = match g.verdict {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Skipped => "skipped",
+        };
+        let delta = r.trend.iter().find(|d| d.gate == g.name);
+        let trend = match delta {
+            Some(d) => match (d.previous, d.change_pct) {
+                (Some(p), Some(pct)) => format!(
+                    "{}{} ({:+.1}%){}",
+                    fmt_num(p),
+                    g.threshold.unit.suffix(),
+                    pct,
+                    if d.regression { " <span class=\"reg\">REGRESSION</span>" } else { "" }
+                ),
+                (Some(p), None) => format!("{}{}", fmt_num(p), if d.regression { " <span class=\"reg\">REGRESSION</span>" } else { "" }),
+                _ => "–".into(),
+            },
+            None => "–".into(),
+        };
+        let _ = writeln!(
+            h,
+            "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{trend}</td><td>{}</td></tr>",
+            xml(&g.name),
+            class.to_uppercase(),
+            xml(&g.observed_text()),
+            xml(&g.threshold.to_string()),
+            g.budget_used_pct.map(|b| format!("{b:.1}%")).unwrap_or_else(|| "–".into()),
+            xml(&g.detail)
+        );
+    }
+    h.push_str("</table>\n");
+    if let Some(prev) = &r.previous_run {
+        let _ = writeln!(h, "<p>Compared with the previous run: <code>{}</code></p>", xml(prev));
+    }
+    if !r.throughput.is_empty() {
+        h.push_str("<h2>Throughput</h2>\n<table><tr><th>phase</th><th>offered/s</th><th>achieved/s</th><th>count</th><th>seconds</th></tr>\n");
+        for t in &r.throughput {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{:.1}</td></tr>",
+                xml(&t.name),
+                t.offered_per_sec.map(|o| format!("{o:.1}")).unwrap_or_else(|| "closed loop".into()),
+                t.achieved_per_sec,
+                t.count,
+                t.secs
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    if !r.responses_by_status.is_empty() {
+        let _ = write!(h, "<h2>REST responses</h2>\n<p>rate limited (429, not errors): {}; errors: {}; error budget used: {}</p>\n<table><tr><th>status</th><th>count</th></tr>\n", r.rate_limited, r.errors, r.error_budget_used_pct.map(|b| format!("{b:.1}%")).unwrap_or_else(|| "–".into()));
+        for (s, n) in &r.responses_by_status {
+            let _ = writeln!(h, "<tr><td>{}</td><td>{n}</td></tr>", xml(s));
+        }
+        h.push_str("</table>\n");
+    }
+    if !r.reconciliation.is_empty() {
+        h.push_str("<h2>Reconciliation</h2>\n<table><tr><th>stage</th><th>published</th><th>seen</th><th>lost</th><th>duplicated</th><th>stray</th><th>first lost ids</th></tr>\n");
+        for s in &r.reconciliation {
+            let ids: Vec<String> = s.lost.iter().take(3).map(|u| u.to_string()).collect();
+            let _ = writeln!(
+                h,
+                "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                if s.is_clean() { "pass" } else { "fail" },
+                xml(&s.stage),
+                s.published,
+                s.seen,
+                s.lost_count,
+                s.duplicated_count,
+                s.stray_count,
+                xml(&ids.join(", "))
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    if !r.latencies.is_empty() {
+        h.push_str("<h2>Latency (ms)</h2>\n<table><tr><th>measurement</th><th>count</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th><th>p99 CO-corrected</th><th>p99.9 CO-corrected</th><th>max CO-corrected</th><th>expected interval</th></tr>\n");
+        for (name, l) in &r.latencies {
+            let (raw, cor) = (&l.summary.raw, &l.summary.corrected);
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>",
+                xml(name),
+                raw.count,
+                raw.p50_ms,
+                raw.p90_ms,
+                raw.p99_ms,
+                raw.p999_ms,
+                raw.max_ms,
+                cor.p99_ms,
+                cor.p999_ms,
+                cor.max_ms,
+                if l.summary.expected_interval_ms > 0.0 { format!("{:.3}", l.summary.expected_interval_ms) } else { "none (closed loop)".into() }
+            );
+        }
+        h.push_str("</table>\n<h2>Plots</h2>\n");
+        for (name, l) in &r.latencies {
+            if l.summary.raw.count == 0 {
+                continue;
+            }
+            let _ = writeln!(h, "<h3>{}</h3>\n<div class=\"plots\">", xml(name));
+            h.push_str(&crate::plots::histogram_svg(&format!("{name}: distribution"), &l.distribution)?);
+            h.push_str(&crate::plots::over_time_svg(&format!("{name}: over time"), &l.series)?);
+            h.push_str("</div>\n");
+        }
+    }
+    if !r.goose_reports.is_empty() {
+        h.push_str("<h2>Goose reports</h2>\n<ul>\n");
+        for g in &r.goose_reports {
+            let name = Path::new(g).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| g.clone());
+            let _ = writeln!(h, "<li><a href=\"{}\">{}</a></li>", xml(&name), xml(&name));
+        }
+        h.push_str("</ul>\n");
+    }
+    if !r.notes.is_empty() {
+        let _ = writeln!(h, "<h2>Notes</h2>\n<pre>{}</pre>", xml(&serde_json::to_string_pretty(&r.notes)?));
+    }
+    h.push_str("</body></html>\n");
+    Ok(h)
+}
+
+/// The console table printed at the end of a run.
+pub fn console_table(r: &RunReport) -> String {
+    let mut s = String::new();
+    let width = r.gates.iter().map(|g| g.name.len()).max().unwrap_or(10).max(10);
+    let _ = writeln!(s, "{:<width$}  {:<7}  {:>14}  {:<14}  detail", "gate", "verdict", "observed", "threshold");
+    for g in &r.gates {
+        let verdict = match g.verdict {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::Skipped => "SKIP",
+        };
+        let reg = r.trend.iter().any(|d| d.gate == g.name && d.regression);
+        let _ = writeln!(
+            s,
+            "{:<width$}  {:<7}  {:>14}  {:<14}  {}{}",
+            g.name,
+            verdict,
+            g.observed_text(),
+            g.threshold.to_string(),
+            if reg { "[REGRESSION vs previous run] " } else { "" },
+            g.detail
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sla::Threshold;
+
+    fn report() -> RunReport {
+        let th: Threshold = "<= 5ms".parse().unwrap();
+        let mut r = RunReport {
+            sla_profile: "floor".into(),
+            gates: vec![
+                GateResult::judge("ok_gate", "k", th, Some(1.0), "fine"),
+                GateResult::judge("bad<gate>", "k", th, Some(9.0), "a & b"),
+                GateResult::skipped("skip", "k", th, "not engaged"),
+            ],
+            ..Default::default()
+        };
+        let mut l = Latency::new();
+        l.record(std::time::Duration::from_millis(3));
+        r.latencies.insert("x".into(), LatencyReport::of(&l));
+        r.recount();
+        r
+    }
+
+    #[test]
+    fn junit_has_one_case_per_gate_and_escapes() {
+        let r = report();
+        let x = junit_xml(&r);
+        assert_eq!(x.matches("<testcase ").count(), 3);
+        assert!(x.contains("failures=\"1\"") && x.contains("skipped=\"1\""), "{x}");
+        assert!(x.contains("bad&lt;gate&gt;") && x.contains("a &amp; b"), "{x}");
+        assert!(x.contains("<failure message=\"bad&lt;gate&gt;: observed 9 ms vs &lt;= 5 ms"), "{x}");
+    }
+
+    #[test]
+    fn html_has_the_table_and_plots() {
+        let r = report();
+        let h = html_page(&r).unwrap();
+        assert!(h.contains("SLA FAIL: 1 passed, 1 failed, 1 skipped"));
+        assert_eq!(h.matches("<svg").count(), 2, "histogram and over-time plot");
+        assert!(r.failed_gates() == vec!["bad<gate>"]);
+        assert!(console_table(&r).contains("FAIL"));
+    }
+}

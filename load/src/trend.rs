@@ -1,0 +1,152 @@
+//! Trend: deltas of each gate's observation against the previous run's `sla-summary.json`,
+//! flagging regressions (pure but for finding the previous run's file).
+
+use crate::sla::{GateResult, Verdict};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A change worse than this fraction of the previous value counts as a regression.
+pub const REGRESSION_FRACTION: f64 = 0.10;
+
+/// One gate compared with the previous run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// The gate.
+    pub gate: String,
+    /// The previous run's observation.
+    pub previous: Option<f64>,
+    /// This run's observation.
+    pub current: Option<f64>,
+    /// `current - previous` when both exist.
+    pub change: Option<f64>,
+    /// Relative change in percent of `previous` (positive = larger).
+    pub change_pct: Option<f64>,
+    /// Worse by more than [`REGRESSION_FRACTION`], or passed before and fails now.
+    pub regression: bool,
+    /// Better by more than [`REGRESSION_FRACTION`].
+    pub improvement: bool,
+}
+
+/// The gates of a previous summary (only what the trend needs).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PreviousSummary {
+    /// When that run started.
+    #[serde(default)]
+    pub started_at: String,
+    /// Its gates.
+    pub gates: Vec<GateResult>,
+}
+
+/// Compares `current` gates with `previous` by gate name.
+pub fn deltas(previous: &[GateResult], current: &[GateResult]) -> Vec<Delta> {
+    current
+        .iter()
+        .map(|cur| {
+            let prev = previous.iter().find(|p| p.name == cur.name);
+            let previous_obs = prev.and_then(|p| p.observed);
+            let (change, change_pct) = match (previous_obs, cur.observed) {
+                (Some(p), Some(c)) => {
+                    let pct = if p.abs() > f64::EPSILON { Some((c - p) / p.abs() * 100.0) } else { None };
+                    (Some(c - p), pct)
+                }
+                _ => (None, None),
+            };
+            let higher_is_better = cur.threshold.op.higher_is_better();
+            // Worse means smaller for throughput-like gates and larger for latency/loss gates.
+            let worse_by = |frac: f64| match (previous_obs, cur.observed) {
+                (Some(p), Some(c)) if higher_is_better => c < p - frac * p.abs(),
+                (Some(p), Some(c)) => c > p + frac * p.abs().max(f64::EPSILON),
+                _ => false,
+            };
+            let better_by = |frac: f64| match (previous_obs, cur.observed) {
+                (Some(p), Some(c)) if higher_is_better => c > p + frac * p.abs(),
+                (Some(p), Some(c)) => c < p - frac * p.abs(),
+                _ => false,
+            };
+            let newly_failing = prev.is_some_and(|p| p.verdict == Verdict::Pass) && cur.verdict == Verdict::Fail;
+            Delta {
+                gate: cur.name.clone(),
+                previous: previous_obs,
+                current: cur.observed,
+                change,
+                change_pct,
+                regression: newly_failing || worse_by(REGRESSION_FRACTION),
+                improvement: better_by(REGRESSION_FRACTION),
+            }
+        })
+        .collect()
+}
+
+/// The newest `sla-summary.json` under `root` other than the one in `exclude` (run folders are
+/// named by UTC timestamp, so the lexically greatest is the newest).
+pub fn previous_summary_path(root: &Path, exclude: &Path) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && p != exclude && p.join("sla-summary.json").is_file())
+        .collect();
+    dirs.sort();
+    dirs.pop().map(|d| d.join("sla-summary.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sla::{GateResult, Threshold};
+    use rstest::rstest;
+
+    fn gate(name: &str, th: &str, observed: Option<f64>) -> GateResult {
+        GateResult::judge(name, name, th.parse::<Threshold>().unwrap(), observed, "")
+    }
+
+    #[rstest]
+    // Latency up 20%: regression.
+    #[case("<= 500ms", 10.0, 12.0, true, false)]
+    // Latency up 5%: noise.
+    #[case("<= 500ms", 10.0, 10.5, false, false)]
+    // Latency down 50%: improvement.
+    #[case("<= 500ms", 10.0, 5.0, false, true)]
+    // Throughput down 20%: regression.
+    #[case(">= 100/s", 500.0, 400.0, true, false)]
+    // Throughput up 20%: improvement.
+    #[case(">= 100/s", 500.0, 600.0, false, true)]
+    // Loss from 0 to 1: regression (and a newly failing gate).
+    #[case("== 0", 0.0, 1.0, true, false)]
+    fn flags_regressions_by_direction(
+        #[case] th: &str,
+        #[case] prev: f64,
+        #[case] cur: f64,
+        #[case] regression: bool,
+        #[case] improvement: bool,
+    ) {
+        let d = deltas(&[gate("g", th, Some(prev))], &[gate("g", th, Some(cur))]);
+        assert_eq!((d[0].regression, d[0].improvement), (regression, improvement), "{d:?}");
+        assert_eq!(d[0].change, Some(cur - prev));
+    }
+
+    #[test]
+    fn new_gates_have_no_delta() {
+        let d = deltas(&[], &[gate("new", "<= 1ms", Some(0.5))]);
+        assert_eq!((d[0].previous, d[0].change, d[0].regression), (None, None, false));
+    }
+
+    #[test]
+    fn newly_failing_is_a_regression_even_when_the_value_barely_moved() {
+        let d = deltas(&[gate("g", "<= 10ms", Some(9.99))], &[gate("g", "<= 10ms", Some(10.01))]);
+        assert!(d[0].regression);
+    }
+
+    #[test]
+    fn finds_the_newest_previous_run() {
+        let root = std::env::temp_dir().join(format!("load-trend-{}", std::process::id()));
+        for d in ["20240101T000000Z", "20240102T000000Z", "20240103T000000Z"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("20240101T000000Z/sla-summary.json"), "{}").unwrap();
+        std::fs::write(root.join("20240102T000000Z/sla-summary.json"), "{}").unwrap();
+        let found = previous_summary_path(&root, &root.join("20240103T000000Z")).unwrap();
+        assert!(found.ends_with("20240102T000000Z/sla-summary.json"), "{}", found.display());
+        assert!(previous_summary_path(&root, &root.join("20240102T000000Z")).unwrap().ends_with("20240101T000000Z/sla-summary.json"));
+        std::fs::remove_dir_all(&root).ok();
+    }
+}
