@@ -9,15 +9,17 @@ BDD       := $(CARGO) test -p steps --test cucumber
 API_URL   ?= http://127.0.0.1:8000
 REGISTRY  ?= ghcr.io/audio-pipeline-qa
 TAG       ?= latest
-# goose options of the `load` runner; override on the command line, e.g. make load-sla LOAD_SLA_ARGS="..."
-LOAD_SMOKE_ARGS ?= --users 5 --hatch-rate 5 --run-time 30s
-LOAD_SLA_ARGS   ?= --users 50 --hatch-rate 10 --run-time 10m
+# Options of the `load` runner (goose's plus its own); override on the command line, e.g.
+# make load-sla LOAD_SLA_ARGS="..." LOAD_SLA_PROFILE=target
+LOAD_SMOKE_ARGS ?=
+LOAD_SLA_ARGS   ?= --gates rest,pipeline --users 50 --increase-rate 10 --run-time 10m
+LOAD_SLA_PROFILE ?= floor
 APT_PACKAGES    := build-essential pkg-config git curl ca-certificates python3 python3-venv \
                    rabbitmq-server postgresql postgresql-client
 
 .PHONY: help install infra-up infra-down infra-status run test test-unit bdd bdd-smoke \
         bdd-component bdd-integration bdd-security bdd-contract bdd-chaos coverage lint format \
-        audit load-smoke load-sla bench live validate-deploy docker-build
+        audit load-smoke load-sla load-bench bench live validate-deploy docker-build
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; print "Usage: make <target>"} \
@@ -93,11 +95,14 @@ validate-deploy: ## Validate Dockerfiles, docker-compose.yml, k8s/, CI workflow 
 	$(CARGO) test -p harness --test deployment_manifests
 
 ## ---- performance
-load-smoke: ## Short load run against API_URL (starts `pipeline live` if nothing answers)
-	bash scripts/load.sh $(LOAD_SMOKE_ARGS)
+load-smoke: ## CI load smoke: starts its own services, floor gates, small counts, < 60 s; last line `load-smoke: N passed, M failed`
+	bash scripts/load-smoke.sh $(LOAD_SMOKE_ARGS)
 
-load-sla: ## Full SLA load run; exit 99 when an SLA is breached (reports in reports/load/)
-	bash scripts/load.sh $(LOAD_SLA_ARGS)
+load-sla: ## Full SLA run (REST against API_URL or a started `pipeline live`, plus pipeline gates); exit 99 = SLA breached
+	LOAD_SLA_PROFILE=$(LOAD_SLA_PROFILE) bash scripts/load.sh $(LOAD_SLA_ARGS)
+
+load-bench: ## Benchmarks: goose vs wrk vs Locust, pipeline vs raw broker, DataWriter vs raw INSERT, REST p99 at half load
+	bash scripts/bench.sh
 
 bench: ## Micro-benchmarks (cargo bench)
 	$(CARGO) bench --workspace

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Runs the goose load runner (`load`, crate load) against the REST API with the given goose
-# options, e.g.  scripts/load.sh --users 5 --hatch-rate 5 --run-time 30s
-# Used by `make load-smoke` / `make load-sla`.
+# Runs the goose load runner (`load`, crate load) against the REST API with the given options
+# (goose's and load's own), e.g.
+#   scripts/load.sh --users 5 --increase-rate 5 --run-time 30s
+#   scripts/load.sh --gates rest,pipeline --users 50 --increase-rate 10 --run-time 10m   # nightly
+# Used by `make load-sla` (the CI smoke is scripts/load-smoke.sh). `--gates pipeline` starts its own
+# services (private namespace and database); LOAD_SLA_PROFILE=floor|target picks the thresholds.
 #   API_URL       target (default $QA_API_URL, else http://127.0.0.1:8000). If nothing answers
 #                 GET $API_URL/readyz with 200, `pipeline live` is started for the run (on the
 #                 RabbitMQ/PostgreSQL of APQ_AMQP_URL / APQ_DATABASE_URL or their local defaults),
@@ -46,7 +49,7 @@ fi
 
 say "target/release/load --host $API_URL $*"
 set +e
-target/release/load --host "$API_URL" "$@"
+target/release/load --host "$API_URL" --services-bin target/release/pipeline "$@"
 rc=$?
 set -e
 case "$rc" in

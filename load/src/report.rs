@@ -120,7 +120,8 @@ impl RunReport {
 pub fn write_all(dir: &Path, report: &RunReport) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let summary = dir.join("sla-summary.json");
-    std::fs::write(&summary, serde_json::to_vec_pretty(report)?).with_context(|| format!("writing {}", summary.display()))?;
+    std::fs::write(&summary, serde_json::to_vec_pretty(report)?)
+        .with_context(|| format!("writing {}", summary.display()))?;
     let junit = dir.join("junit.xml");
     std::fs::write(&junit, junit_xml(report)).with_context(|| format!("writing {}", junit.display()))?;
     let html = dir.join("index.html");
@@ -177,7 +178,8 @@ pub fn junit_xml(r: &RunReport) -> String {
         let msg = format!("{}: observed {} vs {} ({})", g.name, g.observed_text(), g.threshold, g.key);
         match g.verdict {
             Verdict::Pass => {
-                let _ = writeln!(x, ">\n      <system-out>{}; {}</system-out>\n    </testcase>", xml(&msg), xml(&g.detail));
+                let _ =
+                    writeln!(x, ">\n      <system-out>{}; {}</system-out>\n    </testcase>", xml(&msg), xml(&g.detail));
             }
             Verdict::Fail => {
                 let _ = writeln!(
@@ -243,7 +245,11 @@ pub fn html_page(r: &RunReport) -> anyhow::Result<String> {
                     pct,
                     if d.regression { " <span class=\"reg\">REGRESSION</span>" } else { "" }
                 ),
-                (Some(p), None) => format!("{}{}", fmt_num(p), if d.regression { " <span class=\"reg\">REGRESSION</span>" } else { "" }),
+                (Some(p), None) => format!(
+                    "{}{}",
+                    fmt_num(p),
+                    if d.regression { " <span class=\"reg\">REGRESSION</span>" } else { "" }
+                ),
                 _ => "–".into(),
             },
             None => "–".into(),
@@ -279,7 +285,13 @@ pub fn html_page(r: &RunReport) -> anyhow::Result<String> {
         h.push_str("</table>\n");
     }
     if !r.responses_by_status.is_empty() {
-        let _ = write!(h, "<h2>REST responses</h2>\n<p>rate limited (429, not errors): {}; errors: {}; error budget used: {}</p>\n<table><tr><th>status</th><th>count</th></tr>\n", r.rate_limited, r.errors, r.error_budget_used_pct.map(|b| format!("{b:.1}%")).unwrap_or_else(|| "–".into()));
+        let _ = write!(
+            h,
+            "<h2>REST responses</h2>\n<p>rate limited (429, not errors): {}; errors: {}; error budget used: {}</p>\n<table><tr><th>status</th><th>count</th></tr>\n",
+            r.rate_limited,
+            r.errors,
+            r.error_budget_used_pct.map(|b| format!("{b:.1}%")).unwrap_or_else(|| "–".into())
+        );
         for (s, n) in &r.responses_by_status {
             let _ = writeln!(h, "<tr><td>{}</td><td>{n}</td></tr>", xml(s));
         }
@@ -321,7 +333,11 @@ pub fn html_page(r: &RunReport) -> anyhow::Result<String> {
                 cor.p99_ms,
                 cor.p999_ms,
                 cor.max_ms,
-                if l.summary.expected_interval_ms > 0.0 { format!("{:.3}", l.summary.expected_interval_ms) } else { "none (closed loop)".into() }
+                if l.summary.expected_interval_ms > 0.0 {
+                    format!("{:.3}", l.summary.expected_interval_ms)
+                } else {
+                    "none (closed loop)".into()
+                }
             );
         }
         h.push_str("</table>\n<h2>Plots</h2>\n");

@@ -137,7 +137,8 @@ impl FromStr for Threshold {
             .iter()
             .find_map(|(sym, op)| t.strip_prefix(sym).map(|r| (*op, r.trim())))
             .with_context(|| format!("threshold {s:?} must start with <, <=, >, >= or =="))?;
-        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e')).unwrap_or(rest.len());
+        let split =
+            rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e')).unwrap_or(rest.len());
         let (num, unit) = rest.split_at(split);
         let num: f64 = num.trim().parse().with_context(|| format!("threshold {s:?}: {num:?} is not a number"))?;
         if !num.is_finite() || num < 0.0 {
@@ -249,7 +250,10 @@ impl Sla {
             let (k, v) = o.split_once('=').with_context(|| format!("--set {o:?} is not KEY=THRESHOLD"))?;
             let k = k.trim();
             if !raw.contains_key(k) {
-                bail!("--set {o:?}: unknown gate key {k:?}; known: {}", raw.keys().cloned().collect::<Vec<_>>().join(", "));
+                bail!(
+                    "--set {o:?}: unknown gate key {k:?}; known: {}",
+                    raw.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
             }
             raw.insert(k.to_string(), v.trim().to_string());
         }
@@ -262,7 +266,10 @@ impl Sla {
             .workload
             .get(workload)
             .with_context(|| {
-                format!("sla.toml has no [workload.{workload}]; known: {}", file.workload.keys().cloned().collect::<Vec<_>>().join(", "))
+                format!(
+                    "sla.toml has no [workload.{workload}]; known: {}",
+                    file.workload.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
             })?
             .clone();
         Ok(Sla { profile, thresholds, workload_name: workload.to_string(), workload: wl })
@@ -309,7 +316,13 @@ pub struct GateResult {
 
 impl GateResult {
     /// Judges `observed` against `threshold`; no observation fails.
-    pub fn judge(name: &str, key: &str, threshold: Threshold, observed: Option<f64>, detail: impl Into<String>) -> Self {
+    pub fn judge(
+        name: &str,
+        key: &str,
+        threshold: Threshold,
+        observed: Option<f64>,
+        detail: impl Into<String>,
+    ) -> Self {
         let verdict = match observed {
             Some(v) if threshold.passes(v) => Verdict::Pass,
             _ => Verdict::Fail,

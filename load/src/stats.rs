@@ -1,6 +1,13 @@
-//! Latency recording in HdrHistogram: raw values, values corrected for coordinated omission
-//! (`record_correct` with the expected interval between sends), and a per-second series for the
-//! latency-over-time plot. All values are microseconds; summaries are in milliseconds.
+//! Latency recording in HdrHistogram: raw values, values corrected for coordinated omission, and
+//! a per-second series for the latency-over-time plot. µs inside; summaries in milliseconds.
+//!
+//! Three ways to correct, by how the sender works:
+//! - a paced sender blocked by the measured operation (publish confirms): `record_correct` with
+//!   the expected interval between its sends ([`Latency::with_interval`]);
+//! - a closed-loop sender whose interval is unknown in advance (goose users without think time):
+//!   the same correction after the fact, at the mean latency ([`Latency::new`]);
+//! - an open-loop measurement that does not block the sender (publish → DB row): the corrected
+//!   value is measured from the *intended* send time ([`Latency::record_pair`]).
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -31,8 +38,10 @@ pub struct Latency {
     raw: Histogram<u64>,
     /// Values plus the synthetic ones coordinated omission hid.
     corrected: Histogram<u64>,
-    /// Expected interval between sends, µs (0 = no correction: corrected == raw).
+    /// Expected interval between sends, µs (0 = closed loop: corrected after the fact).
     expected_interval_us: u64,
+    /// Whether `corrected` is filled by [`Latency::record_pair`] (intended send times).
+    intended_times: bool,
     /// Series origin.
     start: Instant,
     /// Per-second histograms, index = whole seconds since `start`.
@@ -77,14 +86,16 @@ impl Percentiles {
 }
 
 /// Raw and CO-corrected percentiles of a [`Latency`].
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct LatencySummary {
     /// As measured.
     pub raw: Percentiles,
     /// Corrected for coordinated omission (equal to `raw` without an expected interval).
     pub corrected: Percentiles,
-    /// The expected interval used for the correction, in ms (0 = none).
+    /// The expected interval used for the correction, in ms.
     pub expected_interval_ms: f64,
+    /// How `corrected` was obtained.
+    pub co_method: String,
 }
 
 /// One point of the latency-over-time plot.
@@ -103,9 +114,15 @@ pub struct SeriesPoint {
 }
 
 impl Latency {
-    /// A recorder without CO correction (closed-loop clients: the interval is unknown).
+    /// A recorder for closed-loop senders: corrected after the fact at the mean latency.
     pub fn new() -> Self {
         Self::with_interval(Duration::ZERO)
+    }
+
+    /// A recorder whose corrected values come from intended send times ([`Latency::record_pair`]);
+    /// `interval` is only reported.
+    pub fn intended(interval: Duration) -> Self {
+        Latency { intended_times: true, ..Self::with_interval(interval) }
     }
 
     /// A recorder correcting for coordinated omission at `expected_interval` between sends.
@@ -114,6 +131,7 @@ impl Latency {
             raw: histogram(),
             corrected: histogram(),
             expected_interval_us: u64::try_from(expected_interval.as_micros()).unwrap_or(MAX_US),
+            intended_times: false,
             start: Instant::now(),
             series: Vec::new(),
         }
@@ -126,9 +144,24 @@ impl Latency {
 
     /// Records one latency observed at `at` (for the per-second series).
     pub fn record_at(&mut self, latency: Duration, at: Instant) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(MAX_US).clamp(1, MAX_US);
+        let us = to_us(latency);
         self.raw.saturating_record(us);
-        record_corrected(&mut self.corrected, us, self.expected_interval_us);
+        if self.expected_interval_us > 0 {
+            record_corrected(&mut self.corrected, us, self.expected_interval_us);
+        }
+        self.series_add(us, at);
+    }
+
+    /// Records a latency measured from the actual send (`raw`) and from the intended send time
+    /// (`from_intended`, at least `raw`), observed at `at`.
+    pub fn record_pair(&mut self, raw: Duration, from_intended: Duration, at: Instant) {
+        let us = to_us(raw);
+        self.raw.saturating_record(us);
+        self.corrected.saturating_record(to_us(from_intended.max(raw)));
+        self.series_add(us, at);
+    }
+
+    fn series_add(&mut self, us: u64, at: Instant) {
         let sec = at.saturating_duration_since(self.start).as_secs() as usize;
         if sec < MAX_SERIES_SECS {
             if self.series.len() <= sec {
@@ -141,13 +174,6 @@ impl Latency {
         }
     }
 
-    /// Adds another recorder's values (same interval assumed), e.g. per-user recorders.
-    pub fn merge(&mut self, other: &Latency) {
-        // Both histograms share bounds, so `add` cannot fail.
-        let _ = self.raw.add(&other.raw);
-        let _ = self.corrected.add(&other.corrected);
-    }
-
     /// Values recorded.
     pub fn count(&self) -> u64 {
         self.raw.len()
@@ -155,10 +181,31 @@ impl Latency {
 
     /// Raw and corrected percentiles.
     pub fn summary(&self) -> LatencySummary {
+        let raw = Percentiles::of(&self.raw);
+        if self.intended_times {
+            return LatencySummary {
+                raw,
+                corrected: Percentiles::of(&self.corrected),
+                expected_interval_ms: self.expected_interval_us as f64 / 1000.0,
+                co_method: "measured from the intended send time".into(),
+            };
+        }
+        if self.expected_interval_us > 0 {
+            return LatencySummary {
+                raw,
+                corrected: Percentiles::of(&self.corrected),
+                expected_interval_ms: self.expected_interval_us as f64 / 1000.0,
+                co_method: "record_correct at the send interval".into(),
+            };
+        }
+        // Closed loop: each answer gates the next send, so the typical latency is the interval.
+        let mean_us = self.raw.mean().round().max(1.0) as u64;
+        let corrected = if self.raw.is_empty() { self.raw.clone() } else { self.raw.clone_correct(mean_us) };
         LatencySummary {
-            raw: Percentiles::of(&self.raw),
-            corrected: Percentiles::of(&self.corrected),
-            expected_interval_ms: self.expected_interval_us as f64 / 1000.0,
+            raw,
+            corrected: Percentiles::of(&corrected),
+            expected_interval_ms: mean_us as f64 / 1000.0,
+            co_method: "record_correct after the fact at the mean latency (closed loop)".into(),
         }
     }
 
@@ -199,12 +246,16 @@ impl Default for Latency {
     }
 }
 
+/// Whole microseconds, within the histogram's range.
+fn to_us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(MAX_US).clamp(1, MAX_US)
+}
+
 /// Records `us` into `h`, back-filling the values a sender that waited for each answer
 /// would have seen had it sent every `interval_us` (HdrHistogram's correction).
 pub fn record_corrected(h: &mut Histogram<u64>, us: u64, interval_us: u64) {
-    if interval_us == 0 {
-        h.saturating_record(us);
-    } else if h.record_correct(us, interval_us).is_err() {
+    // `record_correct` fails only beyond the histogram's range; saturate instead.
+    if interval_us == 0 || h.record_correct(us, interval_us).is_err() {
         h.saturating_record(us);
     }
 }
@@ -246,6 +297,22 @@ mod tests {
     }
 
     #[test]
+    fn closed_loop_is_corrected_at_the_mean_and_open_loop_from_intended_times() {
+        let mut closed = Latency::new();
+        for _ in 0..99 {
+            closed.record(Duration::from_millis(1));
+        }
+        closed.record(Duration::from_millis(1000));
+        let s = closed.summary();
+        assert!(s.corrected.count > s.raw.count && s.corrected.p99_ms > s.raw.p99_ms, "{s:?}");
+        let mut open = Latency::intended(Duration::from_millis(10));
+        open.record_pair(Duration::from_millis(5), Duration::from_millis(40), Instant::now());
+        let s = open.summary();
+        assert!((s.raw.max_ms - 5.0).abs() < 0.1 && (s.corrected.max_ms - 40.0).abs() < 0.1, "{s:?}");
+        assert!(s.co_method.contains("intended"));
+    }
+
+    #[test]
     fn series_and_distribution_cover_the_values() {
         let mut l = Latency::new();
         let t0 = l.start;
@@ -255,8 +322,6 @@ mod tests {
         assert_eq!(s.iter().map(|p| p.t).collect::<Vec<_>>(), vec![0, 2]);
         let total: u64 = l.distribution().iter().map(|(_, c)| c).sum();
         assert_eq!(total, 2);
-        let mut m = Latency::new();
-        m.merge(&l);
-        assert_eq!(m.count(), 2);
+        assert_eq!(l.count(), 2);
     }
 }

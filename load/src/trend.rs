@@ -33,6 +33,9 @@ pub struct PreviousSummary {
     /// When that run started.
     #[serde(default)]
     pub started_at: String,
+    /// Its workload (only runs of the same workload are compared).
+    #[serde(default)]
+    pub workload: String,
     /// Its gates.
     pub gates: Vec<GateResult>,
 }
@@ -77,16 +80,20 @@ pub fn deltas(previous: &[GateResult], current: &[GateResult]) -> Vec<Delta> {
         .collect()
 }
 
-/// The newest `sla-summary.json` under `root` other than the one in `exclude` (run folders are
-/// named by UTC timestamp, so the lexically greatest is the newest).
-pub fn previous_summary_path(root: &Path, exclude: &Path) -> Option<PathBuf> {
+/// The newest readable `sla-summary.json` under `root` of the same `workload`, other than the one
+/// in `exclude` (run folders are named by UTC timestamp, so lexical order is time order).
+pub fn previous_summary(root: &Path, exclude: &Path, workload: &str) -> Option<(PathBuf, PreviousSummary)> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p != exclude && p.join("sla-summary.json").is_file())
+        .filter(|p| p.is_dir() && p != exclude)
         .collect();
     dirs.sort();
-    dirs.pop().map(|d| d.join("sla-summary.json"))
+    dirs.into_iter().rev().find_map(|d| {
+        let path = d.join("sla-summary.json");
+        let prev: PreviousSummary = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+        (prev.workload == workload).then_some((path, prev))
+    })
 }
 
 #[cfg(test)]
@@ -137,16 +144,23 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_newest_previous_run() {
+    fn finds_the_newest_previous_run_of_the_same_workload() {
         let root = std::env::temp_dir().join(format!("load-trend-{}", std::process::id()));
-        for d in ["20240101T000000Z", "20240102T000000Z", "20240103T000000Z"] {
+        let summary = |w: &str| format!(r#"{{"started_at": "t", "workload": "{w}", "gates": []}}"#);
+        for (d, w) in
+            [("20240101T000000Z", Some("full")), ("20240102T000000Z", Some("smoke")), ("20240103T000000Z", None)]
+        {
             std::fs::create_dir_all(root.join(d)).unwrap();
+            if let Some(w) = w {
+                std::fs::write(root.join(d).join("sla-summary.json"), summary(w)).unwrap();
+            }
         }
-        std::fs::write(root.join("20240101T000000Z/sla-summary.json"), "{}").unwrap();
-        std::fs::write(root.join("20240102T000000Z/sla-summary.json"), "{}").unwrap();
-        let found = previous_summary_path(&root, &root.join("20240103T000000Z")).unwrap();
-        assert!(found.ends_with("20240102T000000Z/sla-summary.json"), "{}", found.display());
-        assert!(previous_summary_path(&root, &root.join("20240102T000000Z")).unwrap().ends_with("20240101T000000Z/sla-summary.json"));
+        let this = root.join("20240104T000000Z");
+        let (path, _) = previous_summary(&root, &this, "full").unwrap();
+        assert!(path.ends_with("20240101T000000Z/sla-summary.json"), "{}", path.display());
+        let (path, _) = previous_summary(&root, &this, "smoke").unwrap();
+        assert!(path.ends_with("20240102T000000Z/sla-summary.json"), "{}", path.display());
+        assert!(previous_summary(&root, &this, "huge").is_none());
         std::fs::remove_dir_all(&root).ok();
     }
 }

@@ -146,6 +146,11 @@ impl Tap {
         self.inner.messages.lock().expect("tap lock").iter().filter(|m| pred(m)).cloned().collect()
     }
 
+    /// How many captured messages match `pred`, without copying them (cheap progress polling).
+    pub fn count(&self, pred: impl Fn(&Captured) -> bool) -> usize {
+        self.inner.messages.lock().expect("tap lock").iter().filter(|m| pred(m)).count()
+    }
+
     /// Waits until at least `count` messages match (returns as soon as they do). On timeout the
     /// error names what was expected, how many matched, and the messages seen for `scope`.
     pub async fn wait_for(

@@ -1,0 +1,470 @@
+//! `load bench`: figures, not gates, measured in one run on this machine, printed as ratios:
+//! 1. goose vs wrk vs Locust on one REST endpoint with the same connections;
+//! 2. the pipeline's end-to-end chunks/s at 0 loss vs the raw broker's single-queue
+//!    publish+consume rate for the same message size, hop-normalized;
+//! 3. DataWriter rows/s vs a raw multi-row INSERT into the same table;
+//! 4. the REST `latest` endpoint's p99 at 50% of its max rate.
+//!
+//! The REST figures run against a private `pipeline live` (own namespace, own database, rate
+//! limit lifted); the pipeline figures against a private pipeline like the gates'.
+
+use crate::cli::{BenchArgs, LoadOpts};
+use crate::stats::Latency;
+use crate::{attack, pipeline, runner};
+use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use goose::metrics::GooseMetrics;
+use goose::prelude::*;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use serde_json::json;
+use services::contract::{AudioChunk, Encoding};
+use services::topology::Names;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+/// Critical-path broker hops of one chunk: audio_stream → A, features_a → B, features_b → writer.
+pub const PIPELINE_HOPS: f64 = 3.0;
+
+/// A private `pipeline live`; killed (and its namespace and database removed) on [`Live::stop`].
+struct Live {
+    /// The child process.
+    child: tokio::process::Child,
+    /// `http://127.0.0.1:<port>`.
+    url: String,
+    /// Token it accepts.
+    token: String,
+    /// Its broker names.
+    names: Names,
+    /// Its database.
+    db_name: String,
+}
+
+impl Live {
+    async fn start(opts: &LoadOpts, bin: &Path) -> anyhow::Result<Live> {
+        let id = format!("{:08x}", rand::random::<u32>());
+        let (namespace, db_name, token) = (format!("bench-{id}"), format!("apq_bench_{id}"), format!("bench-{id}"));
+        let db_url = harness::env::with_database(&opts.database_url, &db_name)?;
+        let mut child = tokio::process::Command::new(bin)
+            .args(["live", "--algorithm-a", "1", "--algorithm-b", "1", "--sensors", "1"])
+            .env("APQ_AMQP_URL", &opts.amqp_url)
+            .env("APQ_DATABASE_URL", &db_url)
+            .env("APQ_NAMESPACE", &namespace)
+            .env("APQ_API_TOKENS", &token)
+            .env("APQ_API_RATE_LIMIT_PER_SEC", "1000000000")
+            .env("APQ_API_RATE_LIMIT_BURST", "1000000000")
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} live", bin.display()))?;
+        let mut lines = BufReader::new(child.stderr.take().context("stderr is piped")?).lines();
+        let url = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(rest) = line.split("live pipeline up: API ").nth(1) {
+                    return Ok::<_, std::io::Error>(rest.split_whitespace().next().map(str::to_string));
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .context("pipeline live did not come up within 60 s")??
+        .context("pipeline live exited before printing its address")?;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let live = Live { child, url, token, names: Names::new(&namespace), db_name };
+        // The sensor publishes 10 chunks/s; wait until the API serves one.
+        let api = harness::api::ApiClient::new(&live.url, Some(live.token.clone()))?;
+        for _ in 0..200 {
+            if api.latest("sensor-1", "A").await.is_ok_and(|r| r.status == 200) {
+                return Ok(live);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("pipeline live at {} served no latest Feature A within 20 s", live.url)
+    }
+
+    async fn stop(mut self, opts: &LoadOpts) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+        if let Ok(conn) = harness::amqp::connect(&opts.amqp_url, "load-bench-cleanup").await {
+            harness::amqp::delete_namespace(&conn, &self.names).await;
+        }
+        let _ = harness::sql::drop_database(&opts.database_url, &self.db_name).await;
+    }
+}
+
+/// One HTTP tool's figures.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct HttpFigure {
+    /// Requests per second.
+    rps: f64,
+    /// p99 latency in ms, when the tool reports it.
+    p99_ms: Option<f64>,
+}
+
+/// Runs the benchmarks and prints the figures.
+pub async fn run(opts: &LoadOpts, args: &BenchArgs) -> anyhow::Result<()> {
+    let want = |n: u8| args.only.is_empty() || args.only.contains(&n);
+    let secs = if args.quick { args.secs.min(5) } else { args.secs };
+    let bin = runner::services_bin(opts.services_bin.as_deref())?;
+    if !bin.to_string_lossy().contains("release") {
+        eprintln!("bench: warning: {} is not a release build; figures will be low", bin.display());
+    }
+    let out = opts.report_dir.join(format!("bench-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
+    std::fs::create_dir_all(&out)?;
+    let mut results = serde_json::Map::new();
+    let mut lines = Vec::new();
+
+    if want(1) || want(4) {
+        let live = Live::start(opts, &bin).await?;
+        let outcome = http_benches(opts, args, secs, &live, &out, want(1), want(4), &mut results, &mut lines).await;
+        live.stop(opts).await;
+        outcome?;
+    }
+    if want(2) || want(3) {
+        let (chunks, features) = if args.quick { (1500, 1000) } else { (5000, 3000) };
+        let infra = pipeline::Infra {
+            amqp_url: opts.amqp_url.clone(),
+            admin_db_url: opts.database_url.clone(),
+            services_bin: bin.clone(),
+        };
+        let p = pipeline::bench(&infra, &out, chunks, features, 8).await?;
+        results.insert("pipeline".into(), serde_json::to_value(&p)?);
+        if want(2) {
+            eprintln!("bench: raw broker, single queue, {chunks} messages of {} bytes", p.chunk_bytes);
+            let raw = raw_broker(opts, chunks, p.chunk_bytes, 8).await?;
+            let ceiling = raw / PIPELINE_HOPS;
+            results.insert("raw_broker_msgs_per_sec".into(), json!(raw));
+            let line = match p.e2e_chunks_per_sec {
+                Some(e2e) => format!(
+                    "(2) pipeline end-to-end {e2e:.0} chunks/s at 0 loss ({chunks} chunks) vs raw broker single-queue publish+consume {raw:.0} msgs/s ({} B, 8 confirm-per-message publishers, 1 consumer) / {PIPELINE_HOPS} hops = {ceiling:.0}/s → ratio {:.2} (expected ≥ 0.6)",
+                    p.chunk_bytes,
+                    e2e / ceiling
+                ),
+                None => {
+                    format!("(2) pipeline lost {} chunks: no 0-loss throughput (raw broker {raw:.0} msgs/s)", p.lost)
+                }
+            };
+            lines.push(line);
+        }
+        if want(3) {
+            let line = match p.writer_rows_per_sec {
+                Some(w) => format!(
+                    "(3) DataWriter {w:.0} rows/s vs raw multi-row INSERT … ON CONFLICT DO NOTHING, batches of {}, {:.0} rows/s → ratio {:.2}",
+                    p.raw_insert_batch,
+                    p.raw_insert_rows_per_sec,
+                    w / p.raw_insert_rows_per_sec
+                ),
+                None => "(3) DataWriter did not finish".into(),
+            };
+            lines.push(line);
+        }
+    }
+    let path = out.join("bench.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&results)?)?;
+    println!(
+        "\nbench: {} cores, {} (command: load bench{})",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        chrono::Utc::now().to_rfc3339(),
+        if args.quick { " --quick" } else { "" }
+    );
+    for l in &lines {
+        println!("bench: {l}");
+    }
+    println!("bench: wrote {}", path.display());
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn http_benches(
+    opts: &LoadOpts,
+    args: &BenchArgs,
+    secs: u64,
+    live: &Live,
+    out: &Path,
+    tools: bool,
+    half: bool,
+    results: &mut serde_json::Map<String, serde_json::Value>,
+    lines: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let _ = opts;
+    let path = "/v1/sensors/sensor-1/features/latest?type=A";
+    let url = format!("{}{path}", live.url);
+    let c = args.connections;
+    eprintln!("bench: goose, {c} users, {secs} s, GET {url}");
+    let (goose_fig, _) = goose_http(&live.url, &live.token, path, c, secs, None, out).await?;
+    results.insert("goose".into(), serde_json::to_value(&goose_fig)?);
+    if tools {
+        eprintln!("bench: wrk, {c} connections, {secs} s");
+        let wrk = wrk(&args.wrk, &url, &live.token, c, secs).await;
+        eprintln!("bench: Locust (HttpUser), {c} users, {secs} s");
+        let locust = locust(&args.locust, &live.url, path, &live.token, c, secs, out).await;
+        let fmt = |r: &anyhow::Result<HttpFigure>| match r {
+            Ok(f) => format!("{:.0} rps", f.rps),
+            Err(e) => format!("unavailable ({e:#})"),
+        };
+        let mut line = format!(
+            "(1) GET latest, {c} connections, {secs} s: goose {:.0} rps, wrk {}, Locust {}",
+            goose_fig.rps,
+            fmt(&wrk),
+            fmt(&locust)
+        );
+        if let Ok(w) = &wrk {
+            line.push_str(&format!(" → goose/wrk {:.2} (expected ≥ 0.35)", goose_fig.rps / w.rps));
+            results.insert("wrk".into(), serde_json::to_value(w)?);
+        }
+        if let Ok(l) = &locust {
+            line.push_str(&format!(", goose/Locust {:.2} (expected ≥ 3)", goose_fig.rps / l.rps));
+            results.insert("locust".into(), serde_json::to_value(l)?);
+        }
+        lines.push(line);
+    }
+    if half {
+        let target = (goose_fig.rps / 2.0).max(1.0);
+        eprintln!("bench: goose at 50% of max: {target:.0} rps, {secs} s");
+        let (fig, lat) = goose_http(&live.url, &live.token, path, c, secs, Some(target as usize), out).await?;
+        let s = lat.summary();
+        results.insert("latest_half_load".into(), json!({"target_rps": target, "achieved_rps": fig.rps, "latency": s}));
+        lines.push(format!(
+            "(4) REST latest p99 at 50% of max ({target:.0} of {:.0} rps, achieved {:.0}): raw {:.2} ms, CO-corrected {:.2} ms (p50 {:.2} ms, max {:.1} ms; expected p99 ≤ 5 ms)",
+            goose_fig.rps, fig.rps, s.raw.p99_ms, s.corrected.p99_ms, s.raw.p50_ms, s.raw.max_ms
+        ));
+    }
+    Ok(())
+}
+
+/// goose users hammering one GET; with `throttle`, capped at that many requests/s.
+async fn goose_http(
+    host: &str,
+    token: &str,
+    path: &'static str,
+    users: usize,
+    secs: u64,
+    throttle: Option<usize>,
+    out: &Path,
+) -> anyhow::Result<(HttpFigure, Latency)> {
+    let latency = Arc::new(Mutex::new(Latency::new()));
+    let f: TransactionFunction = {
+        let (latency, auth) = (latency.clone(), format!("Bearer {token}"));
+        Arc::new(move |user| {
+            let (latency, auth) = (latency.clone(), auth.clone());
+            Box::pin(async move {
+                let rb = user.get_request_builder(&GooseMethod::Get, path)?.header("authorization", auth);
+                let req = GooseRequest::builder().set_request_builder(rb).name("latest").build();
+                let started = Instant::now();
+                let goose = user.request(req).await?;
+                if let Ok(resp) = goose.response {
+                    let ok = resp.status().as_u16() == 200;
+                    let _ = resp.bytes().await;
+                    if ok {
+                        latency.lock().unwrap_or_else(PoisonError::into_inner).record(started.elapsed());
+                    }
+                }
+                Ok(())
+            })
+        })
+    };
+    let mut a: Vec<String> = [
+        "--host",
+        host,
+        "--users",
+        &users.to_string(),
+        "--increase-rate",
+        &(users * 10).to_string(),
+        "--run-time",
+        &format!("{secs}s"),
+        "--quiet",
+        "--no-print-metrics",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(t) = throttle {
+        a.extend(["--throttle-requests".to_string(), t.to_string()]);
+    }
+    let label = if throttle.is_some() { "half" } else { "max" };
+    a.extend(["--report-file".to_string(), out.join(format!("goose-bench-{label}.html")).display().to_string()]);
+    let config = attack::config_from(&a)?;
+    let scenario = Scenario::new("BenchLatest").register_transaction(Transaction::new(f).set_name("latest"));
+    let started = Instant::now();
+    let m: GooseMetrics = attack::run(config, vec![scenario]).await?;
+    let (n, goose_secs) = attack::totals(&m);
+    let secs_measured = if goose_secs > 0.0 { goose_secs } else { started.elapsed().as_secs_f64() };
+    let l = latency.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    Ok((HttpFigure { rps: n as f64 / secs_measured, p99_ms: Some(l.summary().raw.p99_ms) }, l))
+}
+
+/// wrk with 2 threads (one per core) and `c` connections.
+async fn wrk(bin: &str, url: &str, token: &str, c: usize, secs: u64) -> anyhow::Result<HttpFigure> {
+    let out = tokio::process::Command::new(bin)
+        .args([
+            "-t2",
+            &format!("-c{c}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            url,
+        ])
+        .output()
+        .await
+        .with_context(|| format!("running {bin} (apt-get install wrk)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    if text.contains("Non-2xx") {
+        bail!("wrk saw non-2xx answers: {text}");
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output: {text}"))?;
+    let p99_ms = text.lines().find_map(|l| l.trim().strip_prefix("99%")).and_then(|v| parse_wrk_time(v.trim()));
+    Ok(HttpFigure { rps, p99_ms })
+}
+
+/// `1.23ms`, `850.00us`, `1.02s` → milliseconds.
+fn parse_wrk_time(v: &str) -> Option<f64> {
+    let (num, factor) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|n| n * factor)
+}
+
+/// Locust headless, `HttpUser` without wait time, `c` users.
+async fn locust(
+    bin: &str,
+    host: &str,
+    path: &str,
+    token: &str,
+    c: usize,
+    secs: u64,
+    out: &Path,
+) -> anyhow::Result<HttpFigure> {
+    let file = out.join("locustfile.py");
+    std::fs::write(
+        &file,
+        format!(
+            "from locust import HttpUser, task\n\nclass Latest(HttpUser):\n    @task\n    def latest(self):\n        self.client.get({path:?}, headers={{'Authorization': 'Bearer {token}'}}, name='latest')\n"
+        ),
+    )?;
+    let csv: PathBuf = out.join("locust");
+    let status = tokio::process::Command::new(bin)
+        .args([
+            "-f",
+            &file.display().to_string(),
+            "--headless",
+            "-u",
+            &c.to_string(),
+            "-r",
+            &(c * 10).to_string(),
+            "-t",
+            &format!("{secs}s"),
+        ])
+        .args(["--host", host, "--csv", &csv.display().to_string(), "--only-summary", "--loglevel", "ERROR"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .with_context(|| format!("running {bin} (scripts/bench.sh installs Locust into target/locust-venv)"))?;
+    let stats = std::fs::read_to_string(out.join("locust_stats.csv"))
+        .with_context(|| format!("Locust wrote no stats (exit {status})"))?;
+    let mut lines = stats.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let row: Vec<&str> =
+        lines.find(|l| l.contains("Aggregated")).context("no Aggregated row in Locust stats")?.split(',').collect();
+    let rps = col("Requests/s").and_then(|i| row.get(i)?.parse().ok()).context("no Requests/s in Locust stats")?;
+    let p99_ms = col("99%").and_then(|i| row.get(i)?.parse().ok());
+    Ok(HttpFigure { rps, p99_ms })
+}
+
+/// Single-queue publish (persistent, confirm per message, `publishers` channels) + consume (one
+/// consumer, prefetch 32, ack per message) of `n` messages of `bytes` bytes; msgs/s.
+async fn raw_broker(opts: &LoadOpts, n: u64, bytes: usize, publishers: usize) -> anyhow::Result<f64> {
+    let conn = harness::amqp::connect(&opts.amqp_url, "load-bench-raw").await?;
+    let queue = format!("bench-raw-{:08x}", rand::random::<u32>());
+    let ch = conn.create_channel().await?;
+    services::topology::durable_queue(&ch, &queue).await?;
+    ch.basic_qos(services::config::ConsumerSettings::default().prefetch, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    let samples = vec![0.25f32; 1600];
+    let chunk = AudioChunk::from_samples("bench", 0, chrono::Utc::now(), 16_000, 1, Encoding::PcmF32le, &samples);
+    let mut body = serde_json::to_vec(&chunk)?;
+    body.resize(bytes.max(1), b' ');
+    let body = Arc::new(body);
+    let started = Instant::now();
+    let consume = tokio::spawn(async move {
+        let mut got = 0u64;
+        while got < n {
+            match consumer.next().await {
+                Some(Ok(d)) => {
+                    d.ack(BasicAckOptions::default()).await?;
+                    got += 1;
+                }
+                Some(Err(e)) => return Err(anyhow::Error::from(e)),
+                None => break,
+            }
+        }
+        Ok::<_, anyhow::Error>((got, Instant::now()))
+    });
+    let per = n.div_ceil(publishers as u64);
+    let mut tasks = Vec::new();
+    for p in 0..publishers as u64 {
+        let (conn_ch, body, queue) = (services::amqp::confirm_channel(&conn).await?, body.clone(), queue.clone());
+        let count = per.min(n.saturating_sub(p * per));
+        tasks.push(tokio::spawn(async move {
+            for i in 0..count {
+                let props = services::amqp::json_properties(&format!("{p}-{i}"), "audio_chunk/v1", "bench");
+                services::amqp::publish_confirmed(&conn_ch, "", &queue, &body, props).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let (got, last) =
+        tokio::time::timeout(Duration::from_secs(120), consume).await.context("raw consumer timed out")???;
+    let _ = ch.queue_delete(queue.as_str().into(), lapin::options::QueueDeleteOptions::default()).await;
+    if got < n {
+        bail!("raw broker benchmark consumed {got} of {n}");
+    }
+    Ok(n as f64 / (last - started).as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("1.23ms", Some(1.23))]
+    #[case("850.00us", Some(0.85))]
+    #[case("1.02s", Some(1020.0))]
+    #[case("fast", None)]
+    fn wrk_times(#[case] v: &str, #[case] ms: Option<f64>) {
+        let got = parse_wrk_time(v);
+        assert_eq!(got.map(|g| (g * 1000.0).round()), ms.map(|m| (m * 1000.0).round()));
+    }
+}

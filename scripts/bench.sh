@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Benchmarks (figures, not gates) on this machine, printed as ratios by `load bench`:
+#   (1) goose vs wrk vs Locust on GET latest with the same connections;
+#   (2) pipeline end-to-end chunks/s at 0 loss vs the raw broker's single-queue publish+consume
+#       rate for the same message size, hop-normalized;
+#   (3) DataWriter rows/s vs a raw multi-row INSERT into the same table;
+#   (4) REST latest p99 at 50% of its max rate.
+# Installs wrk (apt-get) and Locust (pip, venv target/locust-venv) when missing; builds release
+# binaries of `services` and `load` only. Extra arguments go to `load bench` (--quick, --only 1,4,
+# --connections N, --secs N). Uses the local RabbitMQ/PostgreSQL (scripts/infra.sh up).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+say() { printf 'bench: %s\n' "$*"; }
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+
+scripts/infra.sh up
+if ! command -v wrk >/dev/null; then
+  say "installing wrk (apt-get)"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk
+fi
+VENV=target/locust-venv
+if [ ! -x "$VENV/bin/locust" ]; then
+  say "installing Locust into $VENV (pip)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check locust
+fi
+say "building release binaries (services, load)"
+cargo build --release -q -p services --bin pipeline -p load --bin load
+target/release/load --services-bin target/release/pipeline bench --locust "$VENV/bin/locust" "$@"

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# CI load smoke (seconds, loose gates): the `load` runner with the floor SLA profile and the
+# smoke workload, on debug builds, against services it starts itself on the local infrastructure:
+#   - `pipeline live` (namespace load-smoke, database apq_load_smoke; default rate limit, so the
+#     limiter gate sees 429s) for the REST gates;
+#   - a private pipeline per run (load-<run>, apq_load_<run>, removed at the end) for the
+#     pipeline gates (load starts those processes itself).
+# Ends with exactly one line `load-smoke: N passed, M failed` (gates); exits non-zero on failure.
+# Reports: reports/load/<timestamp>/. Extra arguments go to `load`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+t0=$(date +%s)
+say() { printf 'load-smoke: %s\n' "$*"; }
+finish() { # passed failed status
+  say "wall time $(( $(date +%s) - t0 )) s"
+  echo "load-smoke: $1 passed, $2 failed"
+  exit "$3"
+}
+
+scripts/infra.sh up >/dev/null 2>&1 || { say "infrastructure did not come up (scripts/infra.sh up)"; finish 0 1 1; }
+# No-ops when scripts/test-all.sh already built the workspace.
+cargo build -q -p services --bin pipeline -p load --bin load || { say "build failed"; finish 0 1 1; }
+
+mkdir -p reports/load
+token=smoke-token
+livelog=reports/load/smoke-pipeline-live.log
+APQ_NAMESPACE=load-smoke \
+APQ_DATABASE_URL="${APQ_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/apq_load_smoke}" \
+APQ_AMQP_URL="${APQ_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}" \
+APQ_API_TOKENS=$token RUST_LOG=error \
+  target/debug/pipeline live --algorithm-a 1 --algorithm-b 1 --sensors 2 >"$livelog" 2>&1 &
+live=$!
+trap 'kill "$live" 2>/dev/null; wait "$live" 2>/dev/null' EXIT
+
+url=""
+for _ in $(seq 1 100); do
+  url="$(sed -n 's/.*live pipeline up: API \(http:\/\/[0-9.]*:[0-9]*\).*/\1/p' "$livelog" | head -n1)"
+  # Ready once the API serves stored history of sensor-1 (the REST gates read it).
+  if [ -n "$url" ] && curl -fsS -o /dev/null --max-time 2 -H "Authorization: Bearer $token" \
+       "$url/v1/features?sensor_id=sensor-1&limit=1" \
+     && curl -fsS --max-time 2 -H "Authorization: Bearer $token" "$url/v1/features?sensor_id=sensor-1&limit=1" | grep -q message_id; then
+    break
+  fi
+  kill -0 "$live" 2>/dev/null || { say "pipeline live exited; see $livelog"; finish 0 1 1; }
+  sleep 0.2
+done
+[ -n "$url" ] || { say "pipeline live printed no address within 20 s; see $livelog"; finish 0 1 1; }
+say "pipeline live at $url ($(( $(date +%s) - t0 )) s)"
+
+newest() { ls -1d reports/load/2*/ 2>/dev/null | sort | tail -n1; }
+before="$(newest)"
+target/debug/load --host "$url" --token "$token" --sensors sensor-1,sensor-2 \
+  --gates rest,pipeline --sla floor --workload smoke \
+  --users 4 --increase-rate 4 --run-time 5s --quiet --no-print-metrics \
+  --services-bin target/debug/pipeline "$@"
+rc=$?
+
+run_dir="$(newest)"
+summary="${run_dir}sla-summary.json"
+if [ -n "$run_dir" ] && [ "$run_dir" != "$before" ] && [ -f "$summary" ]; then
+  read -r p f < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["passed"], d["failed"])' "$summary")
+else
+  p=0; f=1; say "no summary written (exit $rc)"
+fi
+# A harness error (exit 1) counts as a failure even if every gate written so far passed.
+[ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && f=1
+finish "$p" "$f" "$([ "$rc" -eq 0 ] && echo 0 || echo 1)"
