@@ -134,7 +134,6 @@ impl Env {
                     ("APQ_API_BIND".to_string(), "127.0.0.1:0".to_string()),
                     ("APQ_API_RATE_LIMIT_PER_SEC".to_string(), "5000".to_string()),
                     ("APQ_API_RATE_LIMIT_BURST".to_string(), "10000".to_string()),
-                    ("APQ_WRITER_FLUSH_INTERVAL_MS".to_string(), "5".to_string()),
                 ];
                 // Fault injection and tuning for the services under test, e.g.
                 // QA_SUT_ENV="APQ_ALGORITHM_A_FAULT_DROP_EVERY=10,APQ_API_FAULT_SKIP_AUTH=true".

@@ -33,6 +33,13 @@ pub enum Command {
     DataWriter,
     /// Serve the REST API.
     RestApi,
+    /// Delete every queue and exchange of the configured namespace (and optionally its database):
+    /// clean-up after a run that used its own namespace.
+    Purge {
+        /// Also drop the database named in the database URL.
+        #[arg(long)]
+        drop_database: bool,
+    },
     /// Run every component in this process with a sensor streaming (for exploration).
     Live {
         /// Algorithm A instances.
@@ -79,6 +86,7 @@ async fn run(cli: Cli) -> Result<(), ServiceError> {
             let app = crate::rest_api::build(settings, shutdown).await?;
             app.run_until_stopped().await
         }
+        Command::Purge { drop_database } => purge(&settings, drop_database).await,
         Command::Live { algorithm_a, algorithm_b, sensors } => {
             live(settings, shutdown, algorithm_a, algorithm_b, sensors).await
         }
@@ -103,6 +111,45 @@ async fn consumer(settings: Settings, shutdown: CancellationToken, which: Compon
         Component::B => crate::algorithm_b::run(settings, health, shutdown).await,
         Component::Writer => crate::data_writer::run(settings, health, shutdown).await,
     }
+    Ok(())
+}
+
+async fn purge(settings: &Settings, drop_database: bool) -> Result<(), ServiceError> {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    if settings.amqp.namespace.is_empty() {
+        return Err(ServiceError::Other("refusing to purge the un-namespaced topology; set APQ_NAMESPACE".into()));
+    }
+    let names = crate::topology::Names::new(&settings.amqp.namespace);
+    let conn = lapin::Connection::connect(&settings.amqp.url, lapin::ConnectionProperties::default()).await?;
+    // A failed delete closes its channel, so each gets a fresh one.
+    for q in names.all_queues() {
+        let ch = conn.create_channel().await?;
+        if ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await.is_ok() {
+            ch.close(200, "purged".into()).await.ok();
+        }
+    }
+    for x in names.all_exchanges() {
+        let ch = conn.create_channel().await?;
+        if ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await.is_ok() {
+            ch.close(200, "purged".into()).await.ok();
+        }
+    }
+    conn.close(200, "purged".into()).await.ok();
+    if drop_database {
+        let cfg: tokio_postgres::Config =
+            settings.database.url.parse().map_err(|e| ServiceError::Other(format!("bad database url: {e}")))?;
+        let db = cfg.get_dbname().unwrap_or("postgres").to_string();
+        if db == "postgres" {
+            return Err(ServiceError::Other("refusing to drop the postgres database".into()));
+        }
+        let mut admin = cfg.clone();
+        admin.dbname("postgres");
+        let (client, c) = admin.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(c);
+        // Identifiers cannot be bound as parameters; quote it instead.
+        client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", db.replace('"', "\"\""))).await?;
+    }
+    eprintln!("purged namespace {:?}{}", settings.amqp.namespace, if drop_database { " and its database" } else { "" });
     Ok(())
 }
 

@@ -96,7 +96,8 @@ impl Default for ConsumerSettings {
 pub struct DataWriterSettings {
     /// Rows per INSERT transaction at most.
     pub batch_size: usize,
-    /// Longest a partial batch waits before it is flushed.
+    /// Longest a partial batch waits for more rows before it is flushed; 0 (the default) writes
+    /// as soon as no further delivery is waiting (group commit: batches grow with the load).
     pub flush_interval_ms: u64,
     /// Unacked deliveries in flight; must exceed batch_size for batches to fill.
     pub prefetch: u16,
@@ -107,7 +108,7 @@ pub struct DataWriterSettings {
 
 impl Default for DataWriterSettings {
     fn default() -> Self {
-        Self { batch_size: 100, flush_interval_ms: 20, prefetch: 400, fault_ignore_unique: false }
+        Self { batch_size: 100, flush_interval_ms: 0, prefetch: 400, fault_ignore_unique: false }
     }
 }
 

@@ -8,7 +8,7 @@ use crate::config::Settings;
 use crate::contract::{self, AnyFeature, FeatureA, FeatureB, FeatureType, Rejection};
 use crate::runtime::{Health, ServiceError, SessionEnd, announce_ready, supervise};
 use crate::topology::{self, Names};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -24,8 +24,8 @@ pub const COMPONENT: &str = "data-writer";
 struct Batch {
     /// Decoded messages, in arrival order.
     rows: Vec<AnyFeature>,
-    /// The deliveries that carried them (same order).
-    deliveries: Vec<Delivery>,
+    /// The deliveries that carried them (same order), with the queue (feature type) each came from.
+    deliveries: Vec<(FeatureType, Delivery)>,
     /// When the first message of this batch arrived; the flush deadline counts from here.
     started: Option<Instant>,
 }
@@ -33,8 +33,15 @@ struct Batch {
 impl Batch {
     fn push(&mut self, row: AnyFeature, delivery: Delivery) {
         self.started.get_or_insert_with(Instant::now);
+        self.deliveries.push((row.feature_type(), delivery));
         self.rows.push(row);
-        self.deliveries.push(delivery);
+    }
+    /// The last delivery from each queue: acking it with `multiple` settles the whole batch,
+    /// because each queue has its own channel and its deliveries arrive in tag order.
+    fn last_per_queue(&self) -> impl Iterator<Item = &Delivery> {
+        [FeatureType::A, FeatureType::B]
+            .into_iter()
+            .filter_map(|t| self.deliveries.iter().rev().find(|(ft, _)| *ft == t).map(|(_, d)| d))
     }
     fn len(&self) -> usize {
         self.rows.len()
@@ -80,17 +87,23 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
             crate::db::migrate(&mut db).await?;
             crate::db::set_unique_constraint(&db, !settings.data_writer.fault_ignore_unique).await?;
 
-            let ch = crate::amqp::confirm_channel(&conn).await?;
+            // One channel per queue: deliveries on a channel arrive in tag order, so a batch is
+            // settled with one multiple-ack per channel.
+            let (ch_a, ch_b) = (crate::amqp::confirm_channel(&conn).await?, crate::amqp::confirm_channel(&conn).await?);
             let (queue_a, queue_b) = (names.writer_queue_a(), names.writer_queue_b());
-            topology::bound_queue(&ch, &names.features_a(), &queue_a).await?;
-            topology::bound_queue(&ch, &names.features_b(), &queue_b).await?;
-            ch.basic_qos(settings.data_writer.prefetch, BasicQosOptions::default()).await?;
+            topology::bound_queue(&ch_a, &names.features_a(), &queue_a).await?;
+            topology::bound_queue(&ch_b, &names.features_b(), &queue_b).await?;
             let (tag_a, tag_b) = (format!("{instance}.a"), format!("{instance}.b"));
-            let consume = |queue: &str, tag: &str| {
-                ch.basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
-            };
-            let consumer_a = consume(&queue_a, &tag_a).await?.map(|d| (FeatureType::A, d));
-            let consumer_b = consume(&queue_b, &tag_b).await?.map(|d| (FeatureType::B, d));
+            let mut consumers = Vec::new();
+            for (ch, queue, tag) in [(&ch_a, &queue_a, &tag_a), (&ch_b, &queue_b, &tag_b)] {
+                ch.basic_qos(settings.data_writer.prefetch, BasicQosOptions::default()).await?;
+                consumers.push(
+                    ch.basic_consume(queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+                        .await?,
+                );
+            }
+            let consumer_b = consumers.pop().expect("two consumers").map(|d| (FeatureType::B, d));
+            let consumer_a = consumers.pop().expect("two consumers").map(|d| (FeatureType::A, d));
             let mut deliveries = futures::stream::select(consumer_a, consumer_b);
             health.set_ready(true);
             if !announced.swap(true, Ordering::SeqCst) {
@@ -109,18 +122,26 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                         flush(&mut db, &mut batch, ignore_unique).await?;
                     }
                     next = deliveries.next() => {
-                        let (feature_type, delivery) = match next {
-                            Some((t, d)) => (t, d?),
-                            None => return Err(ServiceError::Other("consumer stream ended".into())),
-                        };
-                        let queue = if feature_type == FeatureType::A { &queue_a } else { &queue_b };
-                        match decode(feature_type, &delivery.data, settings.amqp.max_message_bytes) {
-                            Ok(row) => batch.push(row, delivery),
-                            Err(rejection) => {
-                                dead_letter(&ch, &delivery, &Names::dlq_of(queue), queue, instance, &rejection).await?;
+                        let mut next = Some(next);
+                        // Group commit: take what is already waiting (up to a batch) without
+                        // waiting for more, so a quiet pipeline writes at once and a busy one batches.
+                        while let Some(item) = next.take() {
+                            let (feature_type, delivery) = match item {
+                                Some((t, d)) => (t, d?),
+                                None => return Err(ServiceError::Other("consumer stream ended".into())),
+                            };
+                            let (ch, queue) = if feature_type == FeatureType::A { (&ch_a, &queue_a) } else { (&ch_b, &queue_b) };
+                            match decode(feature_type, &delivery.data, settings.amqp.max_message_bytes) {
+                                Ok(row) => batch.push(row, delivery),
+                                Err(rejection) => {
+                                    dead_letter(ch, &delivery, &Names::dlq_of(queue), queue, instance, &rejection).await?;
+                                }
+                            }
+                            if batch.len() < settings.data_writer.batch_size {
+                                next = deliveries.next().now_or_never();
                             }
                         }
-                        if batch.len() >= settings.data_writer.batch_size {
+                        if batch.len() >= settings.data_writer.batch_size || flush_every.is_zero() {
                             flush(&mut db, &mut batch, ignore_unique).await?;
                         }
                     }
@@ -128,14 +149,16 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
             }
             // Graceful: stop receiving, commit what we hold; anything prefetched but not yet taken
             // is requeued by the broker when the channel closes.
-            for tag in [&tag_a, &tag_b] {
+            for (ch, tag) in [(&ch_a, &tag_a), (&ch_b, &tag_b)] {
                 ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await.ok();
             }
             if let Err(e) = flush(&mut db, &mut batch, ignore_unique).await {
                 tracing::warn!(error = %e, "final flush failed; the batch was requeued");
             }
             health.set_ready(false);
-            ch.close(200, "shutdown".into()).await.ok();
+            for ch in [&ch_a, &ch_b] {
+                ch.close(200, "shutdown".into()).await.ok();
+            }
             conn.close(200, "shutdown".into()).await.ok();
             Ok(SessionEnd::Shutdown)
         }
@@ -160,16 +183,14 @@ async fn flush(db: &mut tokio_postgres::Client, batch: &mut Batch, ignore_unique
     match write(db, &taken.rows, ignore_unique).await {
         Ok(inserted) => {
             tracing::debug!(batch = taken.len(), inserted, "batch committed");
-            // Acked one by one: the two consumers share the channel's delivery tags, and some tags
-            // in between may belong to dead-lettered (already acked) deliveries.
-            for d in &taken.deliveries {
-                d.ack(BasicAckOptions::default()).await?;
+            for d in taken.last_per_queue() {
+                d.ack(BasicAckOptions { multiple: true }).await?;
             }
             Ok(())
         }
         Err(e) => {
-            for d in &taken.deliveries {
-                d.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.ok();
+            for d in taken.last_per_queue() {
+                d.nack(BasicNackOptions { multiple: true, requeue: true }).await.ok();
             }
             Err(e.into())
         }
