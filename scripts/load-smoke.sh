@@ -24,13 +24,16 @@ cargo build -q -p services --bin pipeline -p load --bin load || { say "build fai
 mkdir -p reports/load
 token=smoke-token
 livelog=reports/load/smoke-pipeline-live.log
-APQ_NAMESPACE=load-smoke \
-APQ_DATABASE_URL="${APQ_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/apq_load_smoke}" \
+# A namespace and database of this run's own, purged on exit.
+run_ns="load-smoke-$$"
+export APQ_NAMESPACE="$run_ns"
+export APQ_DATABASE_URL="${APQ_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/apq_load_smoke_$$}"
+APQ_NAMESPACE="$run_ns" \
 APQ_AMQP_URL="${APQ_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}" \
 APQ_API_TOKENS=$token RUST_LOG=error \
   target/debug/pipeline live --algorithm-a 1 --algorithm-b 1 --sensors 2 >"$livelog" 2>&1 &
 live=$!
-trap 'kill "$live" 2>/dev/null; wait "$live" 2>/dev/null' EXIT
+trap 'kill -INT "$live" 2>/dev/null; wait "$live" 2>/dev/null; target/debug/pipeline purge --drop-database >/dev/null 2>&1' EXIT
 
 url=""
 for _ in $(seq 1 100); do
