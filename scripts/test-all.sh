@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: unit + integration (cargo test), the behaviour suite (cucumber), and the offline
-# deployment validation. Starts local RabbitMQ/PostgreSQL if needed. Ends with one plain line
+# Runs every test: unit + integration (cargo test), the behaviour suite (cucumber), the load smoke
+# (SLA gates with loose floor thresholds), and the offline deployment validation. Starts local RabbitMQ/PostgreSQL if needed. Ends with one plain line
 # `N passed, N failed` totalling all of them; exits non-zero if anything failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +35,12 @@ else
 fi
 add "$p" "$f"
 echo "behaviour suite: $p scenarios passed, $f failed"
+
+echo "== load smoke (goose REST + AMQP pipeline gates, floor SLA profile, seconds)"
+scripts/load-smoke.sh 2>&1 | tee reports/load-smoke.log | tail -n 20
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+read -r p f < <(sed -n 's/^load-smoke: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' reports/load-smoke.log | tail -n 1)
+add "${p:-0}" "${f:-1}"
 
 if [ -x scripts/validate-deploy.sh ]; then
   echo "== deployment artifacts (offline validation)"
