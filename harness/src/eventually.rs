@@ -195,7 +195,7 @@ where
             break seen;
         }
         // Never sleep past the deadline: the last attempt should happen right at it.
-        tokio::time::sleep(backoff.pause(attempts).min(backoff.deadline - elapsed)).await;
+        tokio::time::sleep(backoff.pause(attempts).min(backoff.deadline - elapsed)).await; // the backoff pause between probes
     };
     finish(attempts, false);
     Err(anyhow!(
@@ -243,7 +243,7 @@ where
             }
             Ok(None) | Err(_) => {}
         }
-        tokio::time::sleep(schedule.pause(attempts).min(window - elapsed)).await;
+        tokio::time::sleep(schedule.pause(attempts).min(window - elapsed)).await; // the pause between probes
     }
 }
 
