@@ -72,7 +72,16 @@ impl Names {
 
 /// Declares a durable queue with no arguments (idempotent).
 pub async fn durable_queue(ch: &Channel, name: &str) -> lapin::Result<()> {
-    ch.queue_declare(name.into(), QueueDeclareOptions::durable(), FieldTable::default()).await.map(|_| ())
+    ch.queue_declare(name.into(), QueueDeclareOptions::durable(), durable_queue_arguments()).await.map(|_| ())
+}
+
+/// Arguments of every durable queue: classic queues, storage version 2 (RabbitMQ ≥ 3.10), which
+/// writes persistent messages with far less overhead than v1. Part of the contract: every
+/// declarer of a queue must pass the same arguments.
+pub fn durable_queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-version".into(), lapin::types::AMQPValue::LongInt(2));
+    args
 }
 
 /// Declares a durable fanout exchange (idempotent).

@@ -20,3 +20,17 @@ pub fn redact(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+/// A channel on which queue `name` exists: the deployment's own queue when it has one (checked
+/// passively, so its arguments are never contested), else one declared the contract's way.
+pub async fn ensure_queue(conn: &lapin::Connection, name: &str) -> anyhow::Result<lapin::Channel> {
+    let ch = conn.create_channel().await?;
+    let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    if ch.queue_declare(name.into(), passive, lapin::types::FieldTable::default()).await.is_ok() {
+        return Ok(ch);
+    }
+    // A failed passive declare closes its channel; declare on a fresh one.
+    let ch = conn.create_channel().await?;
+    services::topology::durable_queue(&ch, name).await.with_context(|| format!("declaring queue {name}"))?;
+    Ok(ch)
+}

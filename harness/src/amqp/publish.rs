@@ -30,8 +30,10 @@ pub struct RawMessage {
 
 impl Publisher {
     pub async fn new(conn: &lapin::Connection, names: Names) -> anyhow::Result<Self> {
+        for queue in [names.audio_stream(), names.audio_stream_dlq()] {
+            super::ensure_queue(conn, &queue).await?.close(200, "checked".into()).await.ok();
+        }
         let channel = services::amqp::confirm_channel(conn).await.context("opening a confirm channel")?;
-        services::topology::audio_stream(&channel, &names).await.context("declaring the audio_stream queue")?;
         Ok(Self { channel, names })
     }
 

@@ -130,8 +130,7 @@ impl Tap {
             names.rest_api_dlq(),
         ];
         for dlq in dlqs {
-            let ch = conn.create_channel().await?;
-            topology::durable_queue(&ch, &dlq).await?;
+            let ch = super::ensure_queue(&conn, &dlq).await?;
             spawn_consumer(ch, dlq.clone(), Source::Dlq(dlq), inner.clone()).await?;
         }
         Ok(Tap { inner, _conn: Arc::new(conn) })
