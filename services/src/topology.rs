@@ -103,3 +103,15 @@ pub async fn audio_stream(ch: &Channel, names: &Names) -> lapin::Result<()> {
     durable_queue(ch, &names.audio_stream()).await?;
     durable_queue(ch, &names.audio_stream_dlq()).await
 }
+
+/// A private copy of everything published to fanout `exchange`: an exclusive, auto-delete,
+/// server-named queue bound to it, which lives exactly as long as the connection (no stale
+/// backlog after a restart, nothing left behind). Returns the queue name.
+pub async fn private_fanout_queue(ch: &Channel, exchange: &str) -> lapin::Result<lapin::types::ShortString> {
+    fanout(ch, exchange).await?;
+    let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    let queue = ch.queue_declare("".into(), opts, FieldTable::default()).await?;
+    let name = queue.name().clone();
+    ch.queue_bind(name.clone(), exchange.into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+    Ok(name)
+}

@@ -7,7 +7,7 @@ mod common;
 
 use common::{AMQP_URL, Scratch};
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -328,19 +328,7 @@ async fn three_algorithm_a_instances_share_300_chunks() {
     let tap_conn = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default()).await.unwrap();
     let ch = tap_conn.create_channel().await.unwrap();
     let exchange = scratch.names().features_a();
-    services::topology::fanout(&ch, &exchange).await.unwrap();
-    let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-    let queue = ch.queue_declare("".into(), opts, FieldTable::default()).await.unwrap();
-    let qname = queue.name().clone();
-    ch.queue_bind(
-        qname.clone(),
-        exchange.as_str().into(),
-        "".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    let qname = services::topology::private_fanout_queue(&ch, &exchange).await.unwrap();
     let no_ack = BasicConsumeOptions { no_ack: true, ..Default::default() };
     let mut consumer = ch.basic_consume(qname, "pipeline-e2e-tap".into(), no_ack, FieldTable::default()).await.unwrap();
     let tapped: Arc<Mutex<Vec<Result<FeatureA, String>>>> = Arc::default();

@@ -6,7 +6,7 @@
 
 use anyhow::bail;
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::BasicConsumeOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
 use services::contract::MessageKind;
@@ -104,23 +104,8 @@ impl Tap {
         let inner = Arc::new(Inner { messages: Mutex::new(Vec::new()), notify: Notify::new(), names: names.clone() });
         for (exchange, source) in [(names.features_a(), Source::FeatureA), (names.features_b(), Source::FeatureB)] {
             let ch = conn.create_channel().await?;
-            topology::fanout(&ch, &exchange).await?;
-            let q = ch
-                .queue_declare(
-                    "".into(),
-                    QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-                    FieldTable::default(),
-                )
-                .await?;
-            ch.queue_bind(
-                q.name().clone(),
-                exchange.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-            spawn_consumer(ch, q.name().as_str().to_string(), source, inner.clone()).await?;
+            let queue = topology::private_fanout_queue(&ch, &exchange).await?;
+            spawn_consumer(ch, queue.as_str().to_string(), source, inner.clone()).await?;
         }
         let dlqs = [
             names.audio_stream_dlq(),

@@ -10,7 +10,7 @@ use crate::topology::{self, Names};
 use axum::body::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -95,20 +95,7 @@ pub async fn run(
             let mut streams = Vec::new();
             for (feature_type, exchange) in [(FeatureType::A, names.features_a()), (FeatureType::B, names.features_b())]
             {
-                topology::fanout(&ch, &exchange).await?;
-                // Exclusive + auto-delete: the queue lives exactly as long as this connection, so
-                // a restarted API never reads a stale backlog and never leaves queues behind.
-                let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-                let queue = ch.queue_declare("".into(), opts, FieldTable::default()).await?;
-                let qname = queue.name().clone();
-                ch.queue_bind(
-                    qname.clone(),
-                    exchange.as_str().into(),
-                    "".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+                let qname = topology::private_fanout_queue(&ch, &exchange).await?;
                 let tag = format!("{instance}.cache.{}", feature_type.as_str());
                 let consumer = ch
                     .basic_consume(
