@@ -230,16 +230,22 @@ pub async fn discover(host: &str, tokens: &[String], sensors: Option<&[String]>)
     })
 }
 
+/// The common first step of every check: a 200 with a JSON body, else the outcome to report
+/// (429 is rate-limited, not an error).
+fn json_ok(status: u16, body: &str) -> Result<Value, Outcome> {
+    match status {
+        200 => serde_json::from_str(body).map_err(|_| Outcome::Error("invalid body: not JSON".into())),
+        429 => Err(Outcome::RateLimited),
+        s => Err(Outcome::Error(format!("status {s}"))),
+    }
+}
+
 /// Classifies a `latest` response: 200 must be a contract-valid message of the asked type and
 /// sensor.
 pub fn check_latest(status: u16, body: &str, sensor: &str, feature_type: &str) -> Outcome {
-    match status {
-        200 => {}
-        429 => return Outcome::RateLimited,
-        s => return Outcome::Error(format!("status {s}")),
-    }
-    let Ok(v) = serde_json::from_str::<Value>(body) else {
-        return Outcome::Error("invalid body: not JSON".into());
+    let v = match json_ok(status, body) {
+        Ok(v) => v,
+        Err(outcome) => return outcome,
     };
     let kind = if feature_type == "A" { MessageKind::FeatureA } else { MessageKind::FeatureB };
     if let Err(errors) = harness::json_match::validate_contract(kind, &v) {
@@ -296,15 +302,11 @@ pub fn check_history(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> (Outcome, Page) {
-    match status {
-        200 => {}
-        429 => return (Outcome::RateLimited, Page::default()),
-        s => return (Outcome::Error(format!("status {s}")), Page::default()),
-    }
-    let bad = |why: String| (Outcome::Error(format!("invalid body: {why}")), Page::default());
-    let Ok(v) = serde_json::from_str::<Value>(body) else {
-        return bad("not JSON".into());
+    let v = match json_ok(status, body) {
+        Ok(v) => v,
+        Err(outcome) => return (outcome, Page::default()),
     };
+    let bad = |why: String| (Outcome::Error(format!("invalid body: {why}")), Page::default());
     let Some(items) = v.get("items").and_then(Value::as_array) else {
         return bad("no items array".into());
     };
@@ -348,13 +350,9 @@ pub fn check_history(
 
 /// Classifies a by-id response: 200 must be the asked row.
 pub fn check_by_id(status: u16, body: &str, id: &str) -> Outcome {
-    match status {
-        200 => {}
-        429 => return Outcome::RateLimited,
-        s => return Outcome::Error(format!("status {s}")),
-    }
-    let Ok(v) = serde_json::from_str::<Value>(body) else {
-        return Outcome::Error("invalid body: not JSON".into());
+    let v = match json_ok(status, body) {
+        Ok(v) => v,
+        Err(outcome) => return outcome,
     };
     if let Err(e) = check_row(&v) {
         return Outcome::Error(format!("invalid body: {e}"));
