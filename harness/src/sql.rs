@@ -167,6 +167,16 @@ impl Db {
     /// Inserts rows as given (including `written_at`), for seeding history. Each chunk of rows
     /// is one statement, so a chunk lands entirely or not at all. Returns the rows inserted.
     pub async fn insert_rows(&self, rows: &[FeatureRow]) -> anyhow::Result<u64> {
+        let statement = self
+            .client
+            .prepare(
+                "INSERT INTO features (message_id, feature_type, sensor_id, source_message_id, sequence, \
+                 captured_at, processed_by, features, written_at) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int8[], \
+                 $6::timestamptz[], $7::text[], $8::jsonb[], $9::timestamptz[])",
+            )
+            .await
+            .context("preparing the seeding INSERT")?;
         let mut inserted = 0;
         for chunk in rows.chunks(INSERT_CHUNK) {
             let message_ids: Vec<Uuid> = chunk.iter().map(|r| r.message_id).collect();
@@ -181,10 +191,7 @@ impl Db {
             inserted += self
                 .client
                 .execute(
-                    "INSERT INTO features (message_id, feature_type, sensor_id, source_message_id, sequence, \
-                     captured_at, processed_by, features, written_at) \
-                     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int8[], \
-                     $6::timestamptz[], $7::text[], $8::jsonb[], $9::timestamptz[])",
+                    &statement,
                     &[
                         &message_ids,
                         &types,
@@ -203,6 +210,63 @@ impl Db {
         Ok(inserted)
     }
 
+    /// (source_message_id, feature_type) of every row whose sensor id starts with `prefix`
+    /// (taken literally), for reconciling what was published against what was written.
+    pub async fn sources_for_sensor_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(Uuid, String)>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT source_message_id, feature_type FROM features WHERE sensor_id LIKE $1 ESCAPE '\\'",
+                &[&like_prefix(prefix)],
+            )
+            .await
+            .with_context(|| format!("reading (source, type) of sensors {prefix:?}*"))?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get::<_, String>(1)?.trim_end().to_string()))).collect()
+    }
+
+    /// Rows of sensors starting with `prefix` (taken literally).
+    pub async fn count_for_sensor_prefix(&self, prefix: &str) -> anyhow::Result<i64> {
+        let row = self
+            .client
+            .query_one("SELECT count(*) FROM features WHERE sensor_id LIKE $1 ESCAPE '\\'", &[&like_prefix(prefix)])
+            .await
+            .with_context(|| format!("counting rows of sensors {prefix:?}*"))?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// (written_at, rows) per distinct `written_at` of sensors starting with `prefix`, oldest
+    /// first. `written_at` defaults to the transaction's start, so each value is one writer batch.
+    pub async fn batches_for_sensor_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(DateTime<Utc>, i64)>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT written_at, count(*) FROM features WHERE sensor_id LIKE $1 ESCAPE '\\' \
+                 GROUP BY written_at ORDER BY written_at",
+                &[&like_prefix(prefix)],
+            )
+            .await
+            .with_context(|| format!("reading the writer's batches for sensors {prefix:?}*"))?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// Follows rows as they become visible: see [`RowFollower`].
+    pub async fn follow_rows(&self) -> anyhow::Result<RowFollower> {
+        let after: i64 = self
+            .client
+            .query_one("SELECT coalesce(max(id), 0) FROM features", &[])
+            .await
+            .context("reading the newest row id")?
+            .try_get(0)?;
+        let statement = self
+            .client
+            .prepare(
+                "SELECT id, source_message_id, feature_type, written_at FROM features WHERE id > $1 ORDER BY id LIMIT 20000",
+            )
+            .await
+            .context("preparing the row follower's query")?;
+        Ok(RowFollower { db: self.clone(), statement, after })
+    }
+
     /// Deletes every row whose sensor id starts with `prefix` (taken literally); returns the count.
     pub async fn delete_sensor_prefix(&self, prefix: &str) -> anyhow::Result<u64> {
         if prefix.is_empty() {
@@ -213,6 +277,44 @@ impl Db {
             .execute("DELETE FROM features WHERE sensor_id LIKE $1 ESCAPE '\\'", &[&like_prefix(prefix)])
             .await
             .with_context(|| format!("deleting rows of sensors {prefix:?}*"))
+    }
+}
+
+/// Reports rows committed after it was created, in id order, one cheap prepared query per poll.
+/// Assumes one writer transaction at a time (ids committed in order), as the reference DataWriter
+/// does; the load runner reconciles by id afterwards, so a row skipped here shows as lost.
+pub struct RowFollower {
+    /// Where to poll.
+    db: Db,
+    /// The prepared poll: one round trip, no parse or plan per poll.
+    statement: tokio_postgres::Statement,
+    /// The highest id reported so far.
+    after: i64,
+}
+
+/// A row reported by [`RowFollower::poll`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NewRow {
+    /// The feature's audio chunk.
+    pub source_message_id: Uuid,
+    /// `'A'` or `'B'`.
+    pub feature_type: char,
+    /// The database's clock when the writing transaction started.
+    pub written_at: DateTime<Utc>,
+}
+
+impl RowFollower {
+    /// Rows committed since the last poll (at most 20 000 per call).
+    pub async fn poll(&mut self) -> anyhow::Result<Vec<NewRow>> {
+        let rows = self.db.client.query(&self.statement, &[&self.after]).await.context("polling for new rows")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let (id, source_message_id, ty): (i64, Uuid, String) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            self.after = self.after.max(id);
+            let feature_type = ty.chars().next().unwrap_or('?');
+            out.push(NewRow { source_message_id, feature_type, written_at: r.try_get(3)? });
+        }
+        Ok(out)
     }
 }
 

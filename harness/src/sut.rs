@@ -233,8 +233,71 @@ impl Processes {
     }
 }
 
+/// One warning or error a SUT process logged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedProblem {
+    /// The log file (one per process instance).
+    pub file: String,
+    /// The line, as logged.
+    pub line: String,
+}
+
+/// Warnings and errors in the SUT logs under `dir` (text or JSON format). A healthy run logs
+/// none: a reconnect, a dead-lettered message or a failed ack all log one, even when the
+/// pipeline recovers and nothing is lost.
+pub fn logged_problems(dir: &std::path::Path) -> anyhow::Result<Vec<LoggedProblem>> {
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing SUT logs in {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        for line in text.lines().filter(|l| is_problem(l)) {
+            out.push(LoggedProblem { file: file.clone(), line: line.to_string() });
+        }
+    }
+    Ok(out)
+}
+
+fn is_problem(line: &str) -> bool {
+    [" WARN ", " ERROR ", "\"level\":\"WARN\"", "\"level\":\"ERROR\""].iter().any(|m| line.contains(m))
+}
+
 fn tail(path: &std::path::Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_and_errors_are_found_in_text_and_json_logs() {
+        let dir = std::env::temp_dir().join(format!("apq-sut-logs-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("b-writer.log"),
+            "2026-01-01T00:00:00Z  INFO services::data_writer: consuming\n\
+             2026-01-01T00:00:01Z  WARN services::runtime: session failed; reconnecting\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("a-api.log"),
+            "{\"level\":\"ERROR\",\"fields\":{\"message\":\"boom\"}}\n{\"level\":\"INFO\"}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("notes.txt"), " ERROR not a log file\n").unwrap();
+        let found = logged_problems(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        let files: Vec<&str> = found.iter().map(|p| p.file.as_str()).collect();
+        assert_eq!(files, ["a-api.log", "b-writer.log"], "{found:?}");
+        assert!(found[1].line.contains("session failed"));
+    }
 }

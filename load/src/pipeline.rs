@@ -33,6 +33,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+/// How often the paced phase polls for new rows.
+const DB_POLL_EVERY: Duration = Duration::from_millis(2);
+
 /// How the pipeline gates reach the infrastructure.
 #[derive(Debug, Clone)]
 pub struct Infra {
@@ -149,44 +152,18 @@ impl Env {
 
     /// Rows per (source id, type) for sensors of `prefix`.
     async fn db_sources(&self, prefix: &str) -> anyhow::Result<Vec<(Uuid, String)>> {
-        let rows = self
-            .db
-            .client()
-            .query(
-                "SELECT source_message_id, feature_type FROM features WHERE sensor_id LIKE $1",
-                &[&format!("{prefix}%")],
-            )
-            .await
-            .context("reading the run's rows")?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get::<_, String>(1)?.trim().to_string()))).collect()
+        self.db.sources_for_sensor_prefix(prefix).await
     }
 
     /// Rows/s the writer committed for sensors of `prefix`, from the server's `written_at` (one
     /// value per batch transaction): rows of every batch but the last over first → last batch.
     /// Independent of polling and of the writer's start-up time. `None` with a single batch.
     async fn db_commit_rate(&self, prefix: &str) -> anyhow::Result<Option<f64>> {
-        let rows = self
-            .db
-            .client()
-            .query(
-                "SELECT written_at, count(*) FROM features WHERE sensor_id LIKE $1 GROUP BY written_at ORDER BY written_at",
-                &[&format!("{prefix}%")],
-            )
-            .await
-            .context("reading the writer's batches")?;
-        let batches: Vec<(chrono::DateTime<chrono::Utc>, i64)> =
-            rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<anyhow::Result<_>>()?;
-        Ok(writer_rate(&batches))
+        Ok(writer_rate(&self.db.batches_for_sensor_prefix(prefix).await?))
     }
 
     async fn db_count(&self, prefix: &str) -> anyhow::Result<i64> {
-        let row = self
-            .db
-            .client()
-            .query_one("SELECT count(*) FROM features WHERE sensor_id LIKE $1", &[&format!("{prefix}%")])
-            .await
-            .context("counting the run's rows")?;
-        Ok(row.try_get(0)?)
+        self.db.count_for_sensor_prefix(prefix).await
     }
 }
 
@@ -231,8 +208,26 @@ pub async fn run_gates(infra: &Infra, sla: &Sla, out: &Path, report: &mut RunRep
     progress(t0, format!("namespace load-{}, database {}", env.run_id, env.db_name));
     let result = phases(&env, sla, report, t0).await;
     progress(t0, "pipeline gates: stopping services, removing the namespace and database");
+    let logs = env.procs.log_dir().to_path_buf();
     env.teardown().await;
-    result
+    result?;
+    sut_log_gate(&logs, sla, report)
+}
+
+/// Every warning or error the services logged during the run (reconnects, dead letters, failed
+/// acks): the pipeline may recover from them without losing a chunk, and they still mean
+/// something went wrong.
+fn sut_log_gate(logs: &Path, sla: &Sla, report: &mut RunReport) -> anyhow::Result<()> {
+    let problems = harness::sut::logged_problems(logs)?;
+    let mut detail = format!("warnings and errors in the services' logs ({})", logs.display());
+    for p in problems.iter().take(3) {
+        detail.push_str(&format!("; {}: {}", p.file, p.line.chars().take(200).collect::<String>()));
+    }
+    push(
+        report,
+        GateResult::judge("sut_log_problems", "sut_log_problems", sla.get("sut_log_problems")?, Some(problems.len() as f64), detail),
+    );
+    Ok(())
 }
 
 async fn phases(env: &Env, sla: &Sla, report: &mut RunReport, t0: Instant) -> anyhow::Result<()> {
@@ -578,6 +573,8 @@ struct Seen {
     rows: HashMap<(Uuid, char), Instant>,
     /// source id → first time the API's latest Feature B named it.
     api: HashMap<Uuid, Instant>,
+    /// (source id, type) → the row's `written_at` (the database clock at its transaction's start).
+    written: HashMap<(Uuid, char), chrono::DateTime<chrono::Utc>>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -598,26 +595,22 @@ async fn paced_phase(
     progress(t0, format!("paced: {n} chunks at {rate:.0}/s ({:.0} s), per-hop latency", wl.latency_secs));
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let max_id: i64 = env.db.client().query_one("SELECT coalesce(max(id), 0) FROM features", &[]).await?.try_get(0)?;
+    let mut follower = env.db.follow_rows().await?;
     let db_poller = {
-        let (db, seen, stop) = (env.db.clone(), seen.clone(), stop.clone());
+        let (seen, stop) = (seen.clone(), stop.clone());
         tokio::spawn(async move {
-            let mut last = max_id;
             while !stop.load(Ordering::Relaxed) {
-                if let Ok(rows) = db
-                    .client()
-                    .query("SELECT id, source_message_id, feature_type FROM features WHERE id > $1 ORDER BY id LIMIT 20000", &[&last])
-                    .await
-                {
+                if let Ok(rows) = follower.poll().await {
                     let now = Instant::now();
                     let mut s = seen.lock().unwrap_or_else(PoisonError::into_inner);
-                    for r in &rows {
-                        let (id, src, ty): (i64, Uuid, String) = (r.get(0), r.get(1), r.get(2));
-                        last = last.max(id);
-                        s.rows.entry((src, ty.chars().next().unwrap_or('?'))).or_insert(now);
+                    for r in rows {
+                        s.rows.entry((r.source_message_id, r.feature_type)).or_insert(now);
+                        s.written.insert((r.source_message_id, r.feature_type), r.written_at);
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                // The poll period bounds how late a row is seen (it only adds to the latency
+                // measured); one prepared query every 2 ms costs the database little.
+                tokio::time::sleep(DB_POLL_EVERY).await;
             }
         })
     };
@@ -662,7 +655,12 @@ async fn paced_phase(
     report.latencies.insert("paced: publish → confirm".into(), LatencyReport::of(&sent.confirm));
 
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let hops = hop_latencies(env, &sent.sent, &prefix, &seen.lock().unwrap_or_else(PoisonError::into_inner), interval);
+    let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(PoisonError::into_inner));
+    let hops = hop_latencies(env, &sent.sent, &prefix, &seen, interval);
+    let csv = env.out.join("paced-samples.csv");
+    if let Err(e) = write_samples(&csv, env, &sent.sent, &prefix, &seen) {
+        eprintln!("load: warning: could not write {}: {e:#}", csv.display());
+    }
     let p99 =
         hops.get("paced: publish → DB rows (A+B)").filter(|l| l.count() > 0).map(|l| l.summary().corrected.p99_ms);
     let db_count = hops.get("paced: publish → DB rows (A+B)").map(Latency::count).unwrap_or(0);
@@ -699,17 +697,52 @@ async fn paced_phase(
     Ok(())
 }
 
+/// Source id → when the tap first saw a feature of `source` derived from it.
+fn first_seen(env: &Env, source: Source, prefix: &str) -> HashMap<Uuid, Instant> {
+    let mut m: HashMap<Uuid, Instant> = HashMap::new();
+    for (id, at, _) in env.tap_sources(source, prefix) {
+        m.entry(id).and_modify(|t| *t = (*t).min(at)).or_insert(at);
+    }
+    m
+}
+
+/// One line per paced chunk with each stage's time (ms after the first intended send; empty if
+/// never seen), so a tail can be traced to a moment and a stage.
+fn write_samples(path: &Path, env: &Env, sent: &[Sent], prefix: &str, seen: &Seen) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let (a, b) = (first_seen(env, Source::FeatureA, prefix), first_seen(env, Source::FeatureB, prefix));
+    let Some(t0) = sent.iter().map(|s| s.intended).min() else { return Ok(()) };
+    let ms = |t: Option<Instant>| t.map(|t| format!("{:.3}", t.saturating_duration_since(t0).as_secs_f64() * 1e3));
+    // `written_at` is wall-clock time: mapped onto `t0` through the wall clock now (same host).
+    let (now, wall_now) = (Instant::now(), chrono::Utc::now());
+    let wall_t0 = wall_now - chrono::Duration::from_std(now - t0).unwrap_or_default();
+    let wall_ms = |t: Option<&chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| format!("{:.3}", (*t - wall_t0).num_microseconds().unwrap_or(0) as f64 / 1e3))
+    };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "source_message_id,intended_ms,sent_ms,confirmed_ms,feature_a_ms,feature_b_ms,row_a_ms,row_b_ms,api_b_ms,row_a_written_ms,row_b_written_ms")?;
+    for s in sent {
+        let cols = [
+            ms(Some(s.intended)),
+            ms(Some(s.sent)),
+            ms(Some(s.confirmed)),
+            ms(a.get(&s.id).copied()),
+            ms(b.get(&s.id).copied()),
+            ms(seen.rows.get(&(s.id, 'A')).copied()),
+            ms(seen.rows.get(&(s.id, 'B')).copied()),
+            ms(seen.api.get(&s.id).copied()),
+            wall_ms(seen.written.get(&(s.id, 'A'))),
+            wall_ms(seen.written.get(&(s.id, 'B'))),
+        ];
+        writeln!(out, "{},{}", s.id, cols.map(Option::unwrap_or_default).join(","))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 /// Per-hop latencies of the paced chunks: cumulative from publish, and hop to hop.
 fn hop_latencies(env: &Env, sent: &[Sent], prefix: &str, seen: &Seen, interval: Duration) -> BTreeMap<String, Latency> {
-    let first = |v: Vec<(Uuid, Instant, Option<String>)>| {
-        let mut m: HashMap<Uuid, Instant> = HashMap::new();
-        for (id, at, _) in v {
-            m.entry(id).and_modify(|t| *t = (*t).min(at)).or_insert(at);
-        }
-        m
-    };
-    let a = first(env.tap_sources(Source::FeatureA, prefix));
-    let b = first(env.tap_sources(Source::FeatureB, prefix));
+    let (a, b) = (first_seen(env, Source::FeatureA, prefix), first_seen(env, Source::FeatureB, prefix));
     let names = [
         "paced: publish → feature A",
         "paced: publish → feature B",
@@ -870,25 +903,23 @@ async fn bench_phases(
     // Raw INSERT of the same rows (new ids) into the same table, batch by batch like the writer.
     let started = Instant::now();
     for batch in rows.chunks(b.raw_insert_batch) {
-        let ids: Vec<Uuid> = batch.iter().map(|_| Uuid::new_v4()).collect();
-        let types: Vec<&str> = batch.iter().map(|_| "A").collect();
-        let sensors: Vec<String> = batch.iter().map(|f| format!("{}-raw", f.sensor_id)).collect();
-        let sources: Vec<Uuid> = batch.iter().map(|f| f.source_message_id).collect();
-        let seqs: Vec<i64> = batch.iter().map(|f| f.sequence as i64).collect();
-        let captured: Vec<chrono::DateTime<chrono::Utc>> = batch.iter().map(|f| f.captured_at).collect();
-        let by: Vec<&str> = batch.iter().map(|f| f.processed_by.as_str()).collect();
-        let feats: Vec<serde_json::Value> =
-            batch.iter().map(|f| serde_json::to_value(&f.features)).collect::<Result<_, _>>()?;
-        env.db
-            .client()
-            .execute(
-                "INSERT INTO features (message_id, feature_type, sensor_id, source_message_id, sequence, captured_at, \
-                 processed_by, features) SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], \
-                 $5::int8[], $6::timestamptz[], $7::text[], $8::jsonb[]) ON CONFLICT (message_id) DO NOTHING",
-                &[&ids, &types, &sensors, &sources, &seqs, &captured, &by, &feats],
-            )
-            .await
-            .context("raw multi-row INSERT")?;
+        let raw: Vec<harness::sql::FeatureRow> = batch
+            .iter()
+            .map(|f| {
+                Ok(harness::sql::FeatureRow {
+                    message_id: Uuid::new_v4(),
+                    feature_type: "A".into(),
+                    sensor_id: format!("{}-raw", f.sensor_id),
+                    source_message_id: f.source_message_id,
+                    sequence: f.sequence as i64,
+                    captured_at: f.captured_at,
+                    processed_by: f.processed_by.clone(),
+                    features: serde_json::to_value(&f.features)?,
+                    written_at: chrono::Utc::now(),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        env.db.insert_rows(&raw).await.context("raw multi-row INSERT")?;
     }
     b.raw_insert_rows_per_sec = features as f64 / started.elapsed().as_secs_f64();
 

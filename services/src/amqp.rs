@@ -89,6 +89,20 @@ pub async fn dead_letter(
     consumer: &str,
     rejection: &Rejection,
 ) -> Result<(), AmqpError> {
+    copy_to_dead_letter(ch, delivery, dlq, source_queue, consumer, rejection).await?;
+    delivery.ack(BasicAckOptions::default()).await?;
+    Ok(())
+}
+
+/// [`dead_letter`] for a delivery taken without acknowledgement (`no_ack`): the copy only.
+pub async fn copy_to_dead_letter(
+    ch: &Channel,
+    delivery: &Delivery,
+    dlq: &str,
+    source_queue: &str,
+    consumer: &str,
+    rejection: &Rejection,
+) -> Result<(), AmqpError> {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(HEADER_DLQ_REASON.into(), AMQPValue::LongString(rejection.code().into()));
     let mut detail = rejection.to_string();
@@ -98,7 +112,6 @@ pub async fn dead_letter(
     headers.insert(HEADER_DLQ_CONSUMER.into(), AMQPValue::LongString(consumer.into()));
     let props = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
     publish_confirmed(ch, "", dlq, &delivery.data, props).await?;
-    delivery.ack(BasicAckOptions::default()).await?;
     tracing::warn!(reason = rejection.code(), detail = %rejection, dlq, "message dead-lettered");
     Ok(())
 }

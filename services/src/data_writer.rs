@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 pub const COMPONENT: &str = "data-writer";
 
+/// A batch commit slower than this is logged as a warning: rows are late by at least as much.
+const SLOW_COMMIT_MS: u64 = 100;
+
 /// Valid messages waiting for the next flush, with the deliveries to ack once they are committed.
 #[derive(Debug, Default)]
 struct Batch {
@@ -86,6 +89,7 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
             };
             crate::db::migrate(&mut db).await?;
             crate::db::set_unique_constraint(&db, !settings.data_writer.fault_ignore_unique).await?;
+            let insert = crate::db::prepare_insert(&db, settings.data_writer.fault_ignore_unique).await?;
 
             // One channel per queue: deliveries on a channel arrive in tag order, so a batch is
             // settled with one multiple-ack per channel.
@@ -111,15 +115,18 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
             }
             tracing::info!(queue_a, queue_b, instance, "consuming");
 
-            let ignore_unique = settings.data_writer.fault_ignore_unique;
             let flush_every = Duration::from_millis(settings.data_writer.flush_interval_ms);
             let mut batch = Batch::default();
+            // Acks of committed batches, sent in order by their own task while the next batch
+            // is read and written.
+            let mut acks = Acks::start();
             loop {
+                acks.check()?;
                 let deadline = batch.started.map(|t| t + flush_every);
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = sleep_until(deadline), if !batch.is_empty() => {
-                        flush(&mut db, &mut batch, ignore_unique).await?;
+                        flush(&db, &insert, &mut batch, &mut acks).await?;
                     }
                     next = deliveries.next() => {
                         let mut next = Some(next);
@@ -142,7 +149,7 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                             }
                         }
                         if batch.len() >= settings.data_writer.batch_size || flush_every.is_zero() {
-                            flush(&mut db, &mut batch, ignore_unique).await?;
+                            flush(&db, &insert, &mut batch, &mut acks).await?;
                         }
                     }
                 }
@@ -152,8 +159,11 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
             for (ch, tag) in [(&ch_a, &tag_a), (&ch_b, &tag_b)] {
                 ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await.ok();
             }
-            if let Err(e) = flush(&mut db, &mut batch, ignore_unique).await {
+            if let Err(e) = flush(&db, &insert, &mut batch, &mut acks).await {
                 tracing::warn!(error = %e, "final flush failed; the batch was requeued");
+            }
+            if let Err(e) = acks.finish().await {
+                tracing::warn!(error = %e, "acks failed at shutdown; the broker redelivers and the UNIQUE key drops the copies");
             }
             health.set_ready(false);
             for ch in [&ch_a, &ch_b] {
@@ -173,18 +183,31 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Writes the batch in one transaction, then acks its deliveries. On a database error the
-/// deliveries are requeued and the error is returned, so the session restarts (and reconnects).
-async fn flush(db: &mut tokio_postgres::Client, batch: &mut Batch, ignore_unique: bool) -> Result<(), ServiceError> {
+/// Writes the batch with one statement (its own transaction, one round trip), then starts its
+/// acks on `acks` (the loop goes on reading meanwhile; an ack lost to a crash only means a
+/// redelivery, which the UNIQUE key absorbs). On a database error the deliveries are requeued
+/// and the error is returned, so the session restarts (and reconnects).
+async fn flush(
+    db: &tokio_postgres::Client,
+    insert: &tokio_postgres::Statement,
+    batch: &mut Batch,
+    acks: &mut Acks,
+) -> Result<(), ServiceError> {
     if batch.is_empty() {
         return Ok(());
     }
     let taken = std::mem::take(batch);
-    match write(db, &taken.rows, ignore_unique).await {
+    let started = Instant::now();
+    match crate::db::insert_prepared(db, insert, &taken.rows).await {
         Ok(inserted) => {
-            tracing::debug!(batch = taken.len(), inserted, "batch committed");
+            let took_ms = started.elapsed().as_millis() as u64;
+            if took_ms >= SLOW_COMMIT_MS {
+                tracing::warn!(batch = taken.len(), inserted, took_ms, "slow batch commit");
+            } else {
+                tracing::debug!(batch = taken.len(), inserted, took_ms, "batch committed");
+            }
             for d in taken.last_per_queue() {
-                d.ack(BasicAckOptions { multiple: true }).await?;
+                acks.send(d.acker.clone());
             }
             Ok(())
         }
@@ -197,15 +220,55 @@ async fn flush(db: &mut tokio_postgres::Client, batch: &mut Batch, ignore_unique
     }
 }
 
-async fn write(
-    db: &mut tokio_postgres::Client,
-    rows: &[AnyFeature],
-    ignore_unique: bool,
-) -> Result<u64, crate::db::DbError> {
-    let tx = db.transaction().await?;
-    let inserted = crate::db::insert_batch(&tx, rows, ignore_unique).await?;
-    tx.commit().await?;
-    Ok(inserted)
+/// Sends multiple-acks in the order they were queued, on a task of their own. Order matters:
+/// acking tag 500 and then tag 400 with `multiple` names an unknown tag and closes the channel.
+struct Acks {
+    /// Ackers of committed batches, in commit order.
+    queue: tokio::sync::mpsc::UnboundedSender<lapin::Acker>,
+    /// The task draining `queue`; it ends at the first failed ack.
+    task: tokio::task::JoinHandle<Result<(), lapin::Error>>,
+}
+
+impl Acks {
+    fn start() -> Self {
+        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<lapin::Acker>();
+        let task = tokio::spawn(async move {
+            while let Some(acker) = rx.recv().await {
+                acker.ack(BasicAckOptions { multiple: true }).await?;
+            }
+            Ok(())
+        });
+        Acks { queue, task }
+    }
+
+    fn send(&self, acker: lapin::Acker) {
+        // Only fails once the task has ended, which `check` reports.
+        let _ = self.queue.send(acker);
+    }
+
+    /// The failure of an earlier ack, if any: the channel is gone and the session must restart.
+    fn check(&mut self) -> Result<(), ServiceError> {
+        if !self.task.is_finished() {
+            return Ok(());
+        }
+        // Finished while we still hold the sender: only an error ends it; the session restarts
+        // (dropping `self`), so the handle is never polled again.
+        match (&mut self.task).now_or_never() {
+            None => Ok(()),
+            Some(Ok(Err(e))) => Err(e.into()),
+            Some(Ok(Ok(()))) => Err(ServiceError::Other("ack task ended unexpectedly".into())),
+            Some(Err(e)) => Err(ServiceError::Other(format!("ack task failed: {e}"))),
+        }
+    }
+
+    /// Sends what is queued and waits for it.
+    async fn finish(self) -> Result<(), ServiceError> {
+        drop(self.queue);
+        match self.task.await {
+            Ok(r) => Ok(r?),
+            Err(e) => Err(ServiceError::Other(format!("ack task failed: {e}"))),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 use std::time::Duration;
-use tokio_postgres::{Client, GenericClient, NoTls, Row};
+use tokio_postgres::{Client, GenericClient, NoTls, Row, Statement};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -160,12 +160,37 @@ const INSERT_IGNORING_UNIQUE: &str = "INSERT INTO features
     (message_id, feature_type, sensor_id, source_message_id, sequence, captured_at, processed_by, features)
     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int8[], $6::timestamptz[], $7::text[], $8::jsonb[])";
 
+/// The INSERT a writer runs, for [`prepare_insert`].
+pub fn insert_sql(ignore_unique: bool) -> &'static str {
+    if ignore_unique { INSERT_IGNORING_UNIQUE } else { INSERT_IDEMPOTENT }
+}
+
+/// Prepares the writer's INSERT once per connection, so each batch costs one round trip
+/// (an unprepared statement costs a Parse/Describe round trip first).
+pub async fn prepare_insert<C: GenericClient>(client: &C, ignore_unique: bool) -> Result<Statement, DbError> {
+    Ok(client.prepare(insert_sql(ignore_unique)).await?)
+}
+
 /// Inserts a batch with ONE statement; returns the rows actually inserted (duplicates of an
 /// existing `message_id` are skipped unless `ignore_unique`).
 pub async fn insert_batch<C: GenericClient>(
     client: &C,
     batch: &[AnyFeature],
     ignore_unique: bool,
+) -> Result<u64, DbError> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let statement = prepare_insert(client, ignore_unique).await?;
+    insert_prepared(client, &statement, batch).await
+}
+
+/// [`insert_batch`] with a statement from [`prepare_insert`]. Outside a transaction the
+/// statement is its own transaction: all rows or none, one round trip.
+pub async fn insert_prepared<C: GenericClient>(
+    client: &C,
+    statement: &Statement,
+    batch: &[AnyFeature],
 ) -> Result<u64, DbError> {
     if batch.is_empty() {
         return Ok(0);
@@ -189,8 +214,7 @@ pub async fn insert_batch<C: GenericClient>(
         by.push(f.processed_by());
         features.push(f.features_json());
     }
-    let sql = if ignore_unique { INSERT_IGNORING_UNIQUE } else { INSERT_IDEMPOTENT };
-    Ok(client.execute(sql, &[&ids, &types, &sensors, &sources, &seqs, &captured, &by, &features]).await?)
+    Ok(client.execute(statement, &[&ids, &types, &sensors, &sources, &seqs, &captured, &by, &features]).await?)
 }
 
 /// `sequence` is a u64 on the wire and a BIGINT in the table.

@@ -2,7 +2,7 @@
 //! on both feature fanouts feed an in-memory map of the newest message per (sensor, type). The
 //! consumer reconnects on its own (supervise); the API keeps serving what it has meanwhile.
 
-use crate::amqp::dead_letter;
+use crate::amqp::copy_to_dead_letter;
 use crate::config::Settings;
 use crate::contract::{self, AnyFeature, FeatureA, FeatureB, FeatureType, Rejection};
 use crate::runtime::{Health, ServiceError, SessionEnd, supervise};
@@ -10,15 +10,12 @@ use crate::topology::{self, Names};
 use axum::body::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-/// Unacked deliveries in flight on the cache channel; the work per message is tiny.
-const CACHE_PREFETCH: u16 = 256;
 
 /// Order of "newest": capture time, then sequence, then message id as the final tie-break.
 pub type Recency = (DateTime<Utc>, u64, Uuid);
@@ -91,7 +88,6 @@ pub async fn run(
         async move {
             let ch = crate::amqp::confirm_channel(&conn).await?;
             topology::durable_queue(&ch, &names.rest_api_dlq()).await?;
-            ch.basic_qos(CACHE_PREFETCH, BasicQosOptions::default()).await?;
             let mut streams = Vec::new();
             for (feature_type, exchange) in [(FeatureType::A, names.features_a()), (FeatureType::B, names.features_b())]
             {
@@ -101,7 +97,9 @@ pub async fn run(
                     .basic_consume(
                         qname.clone(),
                         tag.as_str().into(),
-                        BasicConsumeOptions::default(),
+                        // No acks: the queue is exclusive to this connection, so it dies with
+                        // it anyway; acking every copy only cost the broker work per message.
+                        BasicConsumeOptions { no_ack: true, ..Default::default() },
                         FieldTable::default(),
                     )
                     .await?;
@@ -122,10 +120,9 @@ pub async fn run(
                         match decode(feature_type, &delivery.data, settings.amqp.max_message_bytes) {
                             Ok(feature) => {
                                 cache.offer(&feature, Bytes::copy_from_slice(&delivery.data));
-                                delivery.ack(BasicAckOptions::default()).await?;
                             }
                             Err(rejection) => {
-                                dead_letter(&ch, &delivery, &names.rest_api_dlq(), &queue, instance, &rejection).await?;
+                                copy_to_dead_letter(&ch, &delivery, &names.rest_api_dlq(), &queue, instance, &rejection).await?;
                             }
                         }
                     }
