@@ -4,8 +4,9 @@
 #   (2) pipeline end-to-end chunks/s at 0 loss vs the raw broker's single-queue publish+consume
 #       rate for the same message size, hop-normalized;
 #   (3) DataWriter rows/s vs a raw multi-row INSERT into the same table;
-#   (4) REST latest p99 at 50% of its max rate.
-# Installs wrk (apt-get) and Locust (pip, venv target/locust-venv) when missing; builds release
+#   (4) REST latest p99 at 50% of its max rate (API pinned to CPU 0, wrk/oha pinned to CPU 1).
+# Installs wrk (apt-get), Locust (pip, venv target/locust-venv) and oha (cargo install, target/tools)
+# when missing; builds release
 # binaries of `services` and `load` only. Extra arguments go to `load bench` (--quick, --only 1,4,
 # --connections N, --secs N). Uses the local RabbitMQ/PostgreSQL (scripts/infra.sh up).
 set -euo pipefail
@@ -24,6 +25,12 @@ if [ ! -x "$VENV/bin/locust" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check locust
 fi
+OHA=target/tools/bin/oha
+if [ ! -x "$OHA" ]; then
+  # The open-loop generator of (4); a release build from crates.io (~5 min once).
+  say "installing oha into target/tools (cargo install)"
+  cargo install --quiet --locked --root target/tools oha
+fi
 say "building release binaries (services, load)"
 cargo build --release -q -p services --bin pipeline -p load --bin load
-target/release/load --services-bin target/release/pipeline bench --locust "$VENV/bin/locust" "$@"
+target/release/load --services-bin target/release/pipeline bench --locust "$VENV/bin/locust" --oha "$OHA" "$@"

@@ -112,6 +112,9 @@ pub struct BenchArgs {
     /// locust binary (e.g. target/locust-venv/bin/locust)
     #[arg(long, default_value = "target/locust-venv/bin/locust")]
     pub locust: String,
+    /// oha binary, the open-loop generator of (4) (`cargo install oha`)
+    #[arg(long, default_value = "target/tools/bin/oha")]
+    pub oha: String,
 }
 
 /// goose 0.19 renamed `--hatch-rate` to `--increase-rate`; older scripts and manifests still pass

@@ -27,6 +27,11 @@ pub const EXIT_SLA_BREACHED: u8 = 99;
 fn main() -> ExitCode {
     let args = cli::compat_args(std::env::args());
     let cli = cli::Cli::parse_from(args);
+    // lapin logs every closed channel at ERROR, including the expected 404s of passive checks
+    // and clean-up of queues that never existed; those errors reach us as `Result`s anyway.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOAD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin::channel=off"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

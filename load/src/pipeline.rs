@@ -225,7 +225,13 @@ fn sut_log_gate(logs: &Path, sla: &Sla, report: &mut RunReport) -> anyhow::Resul
     }
     push(
         report,
-        GateResult::judge("sut_log_problems", "sut_log_problems", sla.get("sut_log_problems")?, Some(problems.len() as f64), detail),
+        GateResult::judge(
+            "sut_log_problems",
+            "sut_log_problems",
+            sla.get("sut_log_problems")?,
+            Some(problems.len() as f64),
+            detail,
+        ),
     );
     Ok(())
 }
@@ -720,7 +726,10 @@ fn write_samples(path: &Path, env: &Env, sent: &[Sent], prefix: &str, seen: &See
         t.map(|t| format!("{:.3}", (*t - wall_t0).num_microseconds().unwrap_or(0) as f64 / 1e3))
     };
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(out, "source_message_id,intended_ms,sent_ms,confirmed_ms,feature_a_ms,feature_b_ms,row_a_ms,row_b_ms,api_b_ms,row_a_written_ms,row_b_written_ms")?;
+    writeln!(
+        out,
+        "source_message_id,intended_ms,sent_ms,confirmed_ms,feature_a_ms,feature_b_ms,row_a_ms,row_b_ms,api_b_ms,row_a_written_ms,row_b_written_ms"
+    )?;
     for s in sent {
         let cols = [
             ms(Some(s.intended)),
