@@ -55,3 +55,34 @@ impl CpuMeter {
         CpuUsage { user_secs: user, system_secs: system, wall_secs: wall, cores, machine_pct: cores / machine * 100.0 }
     }
 }
+
+/// Jiffies (busy, total) of one CPU from `/proc/stat`, for how busy a pinned process kept it.
+pub fn core_jiffies(stat: &str, core: usize) -> Option<(u64, u64)> {
+    let name = format!("cpu{core}");
+    let line = stat.lines().find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Share (0–1) of `core` that was busy between two `/proc/stat` readings.
+pub fn core_busy(before: &str, after: &str, core: usize) -> Option<f64> {
+    let ((b0, t0), (b1, t1)) = (core_jiffies(before, core)?, core_jiffies(after, core)?);
+    (t1 > t0).then(|| (b1 - b0) as f64 / (t1 - t0) as f64)
+}
+
+#[cfg(test)]
+mod core_tests {
+    use super::*;
+
+    #[test]
+    fn a_core_busy_share_comes_from_its_proc_stat_line() {
+        let before = "cpu  9 0 9 9 0 0 0 0 0 0\ncpu0 1 0 1 10 0 0 0 0 0 0\ncpu1 10 0 10 100 0 0 0 0 0 0\n";
+        let after = "cpu  9 0 9 9 0 0 0 0 0 0\ncpu0 1 0 1 20 0 0 0 0 0 0\ncpu1 55 0 44 101 0 0 0 0 0 0\n";
+        assert_eq!(core_busy(before, after, 1), Some(0.79));
+        assert_eq!(core_busy(before, after, 0), Some(0.0));
+        assert_eq!(core_busy(before, after, 7), None);
+    }
+}

@@ -168,6 +168,13 @@ impl App {
             state.cache_health.clone(),
             cache_stop.clone(),
         ));
+        // Small responses go out at once instead of possibly waiting (Nagle) for the client's
+        // delayed ACK of an earlier segment.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         let server =
             axum::serve(listener, app(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let mut server = tokio::spawn(server.into_future());
