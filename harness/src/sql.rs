@@ -282,7 +282,8 @@ impl Db {
 
 /// Reports rows committed after it was created, in id order, one cheap prepared query per poll.
 /// Assumes one writer transaction at a time (ids committed in order), as the reference DataWriter
-/// does; the load runner reconciles by id afterwards, so a row skipped here shows as lost.
+/// does. A row committed out of id order would be skipped: it would lack a latency sample and the
+/// paced phase would wait for it until its timeout (reconciliation reads rows itself).
 pub struct RowFollower {
     /// Where to poll.
     db: Db,

@@ -80,7 +80,7 @@ mod core_tests {
     #[test]
     fn a_core_busy_share_comes_from_its_proc_stat_line() {
         let before = "cpu  9 0 9 9 0 0 0 0 0 0\ncpu0 1 0 1 10 0 0 0 0 0 0\ncpu1 10 0 10 100 0 0 0 0 0 0\n";
-        let after = "cpu  9 0 9 9 0 0 0 0 0 0\ncpu0 1 0 1 20 0 0 0 0 0 0\ncpu1 55 0 44 101 0 0 0 0 0 0\n";
+        let after = "cpu  9 0 9 9 0 0 0 0 0 0\ncpu0 1 0 1 20 0 0 0 0 0 0\ncpu1 55 0 44 121 0 0 0 0 0 0\n";
         assert_eq!(core_busy(before, after, 1), Some(0.79));
         assert_eq!(core_busy(before, after, 0), Some(0.0));
         assert_eq!(core_busy(before, after, 7), None);

@@ -909,26 +909,21 @@ async fn bench_phases(
         Some(r) if done.is_some() => Some(r),
         _ => done.map(|d| features as f64 / (d - ready).as_secs_f64()),
     };
-    // Raw INSERT of the same rows (new ids) into the same table, batch by batch like the writer.
+    // Raw INSERT of the same rows (new ids) into the same table, batch by batch like the writer:
+    // the writer's own statement, prepared once, straight from here.
+    let statement = services::db::prepare_insert(env.db.client(), false).await.context("preparing the raw INSERT")?;
     let started = Instant::now();
     for batch in rows.chunks(b.raw_insert_batch) {
-        let raw: Vec<harness::sql::FeatureRow> = batch
+        let raw: Vec<services::contract::AnyFeature> = batch
             .iter()
             .map(|f| {
-                Ok(harness::sql::FeatureRow {
-                    message_id: Uuid::new_v4(),
-                    feature_type: "A".into(),
-                    sensor_id: format!("{}-raw", f.sensor_id),
-                    source_message_id: f.source_message_id,
-                    sequence: f.sequence as i64,
-                    captured_at: f.captured_at,
-                    processed_by: f.processed_by.clone(),
-                    features: serde_json::to_value(&f.features)?,
-                    written_at: chrono::Utc::now(),
-                })
+                let mut f = f.clone();
+                f.message_id = Uuid::new_v4();
+                f.sensor_id = format!("{}-raw", f.sensor_id);
+                services::contract::AnyFeature::A(f)
             })
-            .collect::<anyhow::Result<_>>()?;
-        env.db.insert_rows(&raw).await.context("raw multi-row INSERT")?;
+            .collect();
+        services::db::insert_prepared(env.db.client(), &statement, &raw).await.context("raw multi-row INSERT")?;
     }
     b.raw_insert_rows_per_sec = features as f64 / started.elapsed().as_secs_f64();
 

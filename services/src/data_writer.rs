@@ -208,43 +208,59 @@ async fn flush(
                 tracing::debug!(batch = taken.len(), inserted, took_ms, "batch committed");
             }
             for d in taken.last_per_queue() {
-                acks.send(d.acker.clone());
+                acks.send(Settle::Ack(d.acker.clone()));
             }
             Ok(())
         }
         Err(e) => {
+            // Behind the acks of earlier batches; the session then restarts, and whatever is
+            // still unsettled when the channel closes is requeued by the broker anyway.
             for d in taken.last_per_queue() {
-                d.nack(BasicNackOptions { multiple: true, requeue: true }).await.ok();
+                acks.send(Settle::Requeue(d.acker.clone()));
             }
             Err(e.into())
         }
     }
 }
 
-/// Sends multiple-acks in the order they were queued, on a task of their own. Order matters:
-/// acking tag 500 and then tag 400 with `multiple` names an unknown tag and closes the channel.
+/// How to settle a batch's deliveries (always `multiple`, up to the delivery named).
+enum Settle {
+    /// Committed: remove them from the queue.
+    Ack(lapin::Acker),
+    /// Not written: give them back to the queue.
+    Requeue(lapin::Acker),
+}
+
+/// Sends multiple-acks (and requeues) in the order they were queued, on a task of their own.
+/// Order matters: acking tag 500 and then tag 400 with `multiple` names an unknown tag and closes
+/// the channel; a requeue overtaking an earlier batch's ack would redeliver committed rows.
 struct Acks {
-    /// Ackers of committed batches, in commit order.
-    queue: tokio::sync::mpsc::UnboundedSender<lapin::Acker>,
+    /// Settlements of batches, in flush order.
+    queue: tokio::sync::mpsc::UnboundedSender<Settle>,
     /// The task draining `queue`; it ends at the first failed ack.
     task: tokio::task::JoinHandle<Result<(), lapin::Error>>,
 }
 
 impl Acks {
     fn start() -> Self {
-        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<lapin::Acker>();
+        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<Settle>();
         let task = tokio::spawn(async move {
-            while let Some(acker) = rx.recv().await {
-                acker.ack(BasicAckOptions { multiple: true }).await?;
+            while let Some(settle) = rx.recv().await {
+                match settle {
+                    Settle::Ack(acker) => acker.ack(BasicAckOptions { multiple: true }).await.map(drop)?,
+                    Settle::Requeue(acker) => {
+                        acker.nack(BasicNackOptions { multiple: true, requeue: true }).await.map(drop)?
+                    }
+                }
             }
             Ok(())
         });
         Acks { queue, task }
     }
 
-    fn send(&self, acker: lapin::Acker) {
+    fn send(&self, settle: Settle) {
         // Only fails once the task has ended, which `check` reports.
-        let _ = self.queue.send(acker);
+        let _ = self.queue.send(settle);
     }
 
     /// The failure of an earlier ack, if any: the channel is gone and the session must restart.
