@@ -270,10 +270,17 @@ async fn http_benches(
     Ok(())
 }
 
-/// What (4) on separate cores needs: 2 cores, `taskset`, wrk and oha.
+/// What (4) on separate cores needs: CPUs 0 and 1, `taskset`, wrk and oha.
 fn pinned_prerequisites(args: &BenchArgs) -> Result<(), String> {
-    if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) < 2 {
-        return Err("needs 2 cores".into());
+    // SAFETY: sched_getaffinity fills the zeroed set we own, for this process (pid 0).
+    let allowed = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0
+            && libc::CPU_ISSET(0, &set)
+            && libc::CPU_ISSET(1, &set)
+    };
+    if !allowed {
+        return Err("CPUs 0 and 1 are not both available to this process".into());
     }
     let runs = |bin: &str, arg: &str| {
         std::process::Command::new(bin).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
@@ -464,7 +471,9 @@ async fn goose_http(
                     Some(rate) => {
                         let (n, u, k) =
                             (users as u64, (user.weighted_users_index % users) as u64, user.get_iterations() as u64);
-                        let start = *t0.get_or_init(Instant::now);
+                        // goose launches users at `users × 10`/s: the schedule starts once all
+                        // run, or the last ones would begin up to 100 ms behind it.
+                        let start = *t0.get_or_init(|| Instant::now() + Duration::from_millis(100));
                         let due = start + Duration::from_secs_f64((k * n + u) as f64 / rate);
                         tokio::time::sleep_until(due.into()).await;
                         Some(due)
