@@ -541,10 +541,10 @@ async fn wrk_on(
     c: usize,
     secs: u64,
 ) -> anyhow::Result<HttpFigure> {
-    let (program, prefix) = command.split_first().context("empty wrk command")?;
+    let (program, args) = command.split_first().context("empty wrk command")?;
     let bin = command.last().copied().unwrap_or("wrk");
     let out = tokio::process::Command::new(program)
-        .args(prefix)
+        .args(args)
         .args([
             &format!("-t{threads}"),
             &format!("-c{c}"),

@@ -615,7 +615,7 @@ async fn paced_phase(
                     }
                 }
                 // The poll period bounds how late a row is seen (it only adds to the latency
-                // measured); one prepared query every 2 ms costs the database little.
+                // measured); the query is prepared, so each poll is one round trip.
                 tokio::time::sleep(DB_POLL_EVERY).await;
             }
         })
@@ -662,9 +662,11 @@ async fn paced_phase(
 
     let interval = Duration::from_secs_f64(1.0 / rate);
     let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(PoisonError::into_inner));
-    let hops = hop_latencies(env, &sent.sent, &prefix, &seen, interval);
+    // Scanned once: the tap holds every message of the run.
+    let taps = (first_seen(env, Source::FeatureA, &prefix), first_seen(env, Source::FeatureB, &prefix));
+    let hops = hop_latencies(&sent.sent, &taps, &seen, interval);
     let csv = env.out.join("paced-samples.csv");
-    if let Err(e) = write_samples(&csv, env, &sent.sent, &prefix, &seen) {
+    if let Err(e) = write_samples(&csv, &sent.sent, &taps, &seen) {
         eprintln!("load: warning: could not write {}: {e:#}", csv.display());
     }
     let p99 =
@@ -703,6 +705,9 @@ async fn paced_phase(
     Ok(())
 }
 
+/// Per source id, when the tap first saw its Feature A and its Feature B.
+type FirstSeen = (HashMap<Uuid, Instant>, HashMap<Uuid, Instant>);
+
 /// Source id → when the tap first saw a feature of `source` derived from it.
 fn first_seen(env: &Env, source: Source, prefix: &str) -> HashMap<Uuid, Instant> {
     let mut m: HashMap<Uuid, Instant> = HashMap::new();
@@ -714,9 +719,9 @@ fn first_seen(env: &Env, source: Source, prefix: &str) -> HashMap<Uuid, Instant>
 
 /// One line per paced chunk with each stage's time (ms after the first intended send; empty if
 /// never seen), so a tail can be traced to a moment and a stage.
-fn write_samples(path: &Path, env: &Env, sent: &[Sent], prefix: &str, seen: &Seen) -> anyhow::Result<()> {
+fn write_samples(path: &Path, sent: &[Sent], taps: &FirstSeen, seen: &Seen) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let (a, b) = (first_seen(env, Source::FeatureA, prefix), first_seen(env, Source::FeatureB, prefix));
+    let (a, b) = taps;
     let Some(t0) = sent.iter().map(|s| s.intended).min() else { return Ok(()) };
     let ms = |t: Option<Instant>| t.map(|t| format!("{:.3}", t.saturating_duration_since(t0).as_secs_f64() * 1e3));
     // `written_at` is wall-clock time: mapped onto `t0` through the wall clock now (same host).
@@ -750,8 +755,8 @@ fn write_samples(path: &Path, env: &Env, sent: &[Sent], prefix: &str, seen: &See
 }
 
 /// Per-hop latencies of the paced chunks: cumulative from publish, and hop to hop.
-fn hop_latencies(env: &Env, sent: &[Sent], prefix: &str, seen: &Seen, interval: Duration) -> BTreeMap<String, Latency> {
-    let (a, b) = (first_seen(env, Source::FeatureA, prefix), first_seen(env, Source::FeatureB, prefix));
+fn hop_latencies(sent: &[Sent], taps: &FirstSeen, seen: &Seen, interval: Duration) -> BTreeMap<String, Latency> {
+    let (a, b) = taps;
     let names = [
         "paced: publish → feature A",
         "paced: publish → feature B",
