@@ -30,11 +30,13 @@ Feature: The DataWriter persists both feature types, idempotently
       | 100 |
       | 101 |
 
+  @writes-db
   Scenario: JSONB features round-trip exactly through the API
     Given 3 stored Feature A rows for sensor "seed" captured every 1 s from "2026-01-01T00:00:00Z"
     When I ask the API for seeded row 1 by its message id
     Then the response equals seeded row 1
 
+  @writes-db
   Scenario Outline: Time ranges are from-inclusive and to-exclusive, in any time zone (<case>)
     Given 10 stored Feature A rows for sensor "tz" captured every 1 s from "2026-03-01T12:00:00Z"
     When I ask the API for the Feature A history of sensor "tz" from "<from>" to "<to>"
@@ -47,6 +49,7 @@ Feature: The DataWriter persists both feature types, idempotently
       | offset -05:30     | 2026-03-01T06:30:00-05:30 | 2026-03-01T06:30:10-05:30 | 0     | 9    |
       | sub-second bounds | 2026-03-01T12:00:01.5Z    | 2026-03-01T12:00:03.000001Z | 2   | 3    |
 
+  @writes-db
   Scenario: An empty window returns no rows
     Given 5 stored Feature A rows for sensor "tz" captured every 1 s from "2026-03-01T12:00:00Z"
     When I ask the API for the Feature A history of sensor "tz" from "2026-03-01T12:00:03Z" to "2026-03-01T12:00:03Z"

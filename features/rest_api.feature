@@ -19,10 +19,12 @@ Feature: The REST API serves real-time and historical features
     When I ask the API for the latest Feature A of sensor "nobody"
     Then the response is a problem with status 404
 
+  @writes-db
   Scenario: History pages through a large history without gaps or repeats
     Given 250 stored Feature A rows for sensor "long" captured every 250 ms from "2026-02-01T00:00:00Z"
     Then paging through the Feature A history of sensor "long" 100 rows at a time returns every seeded row exactly once, in order
 
+  @writes-db
   Scenario: A stored feature is served by its message id
     Given 2 stored Feature B rows for sensor "seed" captured every 1 s from "2026-01-01T00:00:00+01:00"
     When I ask the API for seeded row 0 by its message id

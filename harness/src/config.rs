@@ -1,5 +1,5 @@
-//! What the user sets: a TOML profile (`harness/profiles/<name>.toml`, or `QA_CONFIG=<file>`)
-//! overridden by `QA_*` environment variables. Live state (connections, processes) lives in
+//! What the user sets: a TOML profile (`harness/profiles/<name>.toml` of the checkout found at run
+//! time, or `QA_CONFIG=<file>`) overridden by `QA_*` environment variables. Live state (connections, processes) lives in
 //! [`crate::env`], never here.
 
 use anyhow::{Context, bail};
@@ -37,21 +37,36 @@ pub struct Config {
     pub deadline_ms: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
-    /// Where JUnit/JSON reports, failure bundles and service logs go.
+    /// Where JUnit/JSON reports, failure bundles and service logs go: each run writes below
+    /// `<report_dir>/runs/<run id>/` (relative paths are taken from the checkout's root).
     pub report_dir: PathBuf,
-    /// The `pipeline` binary for the local profile (the cucumber runner passes its own build).
+    /// Local profile: the adapter command that starts one component, as a program followed by
+    /// whitespace-separated arguments; the component's name is appended
+    /// (`fixtures/contracts/adapter.md`). None: the reference `sut-pipeline` built beside the
+    /// runner.
     #[serde(default)]
-    pub services_bin: Option<PathBuf>,
+    pub sut_command: Option<String>,
+    /// External profile: scenarios tagged `@writes-db` (they INSERT seed rows and delete their
+    /// own rows afterwards) run only when this is set; otherwise the harness's database session
+    /// is read-only.
+    #[serde(default)]
+    pub external_writes_db: bool,
 }
 
 impl Config {
     /// Loads `QA_CONFIG`, else the profile named by `QA_PROFILE` (default `local`), then applies
     /// the `QA_*` overrides.
     pub fn load() -> anyhow::Result<Self> {
-        Self::load_with(|k| std::env::var(k).ok())
+        let root = crate::paths::project_root()?;
+        let mut cfg = Self::load_with(|k| std::env::var(k).ok(), &root.join("harness/profiles"))?;
+        if cfg.report_dir.is_relative() {
+            cfg.report_dir = root.join(&cfg.report_dir);
+        }
+        Ok(cfg)
     }
 
-    pub fn load_with(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+    /// [`Config::load`] with the variables from `get` and the profiles in `profiles`.
+    pub fn load_with(get: impl Fn(&str) -> Option<String>, profiles: &std::path::Path) -> anyhow::Result<Self> {
         let path = match get("QA_CONFIG") {
             Some(p) => PathBuf::from(p),
             None => {
@@ -59,7 +74,7 @@ impl Config {
                 if !matches!(profile.as_str(), "local" | "external") {
                     bail!("QA_PROFILE={profile:?} is not a profile; use local or external");
                 }
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("profiles").join(format!("{profile}.toml"))
+                profiles.join(format!("{profile}.toml"))
             }
         };
         let text =
@@ -94,8 +109,12 @@ impl Config {
         if let Some(v) = get("QA_REPORT_DIR") {
             self.report_dir = v.into();
         }
-        if let Some(v) = get("QA_SERVICES_BIN") {
-            self.services_bin = Some(v.into());
+        // QA_SERVICES_BIN: the older name, a binary without arguments.
+        if let Some(v) = get("QA_SUT_COMMAND").or_else(|| get("QA_SERVICES_BIN")) {
+            self.sut_command = Some(v);
+        }
+        if let Some(v) = get("QA_EXTERNAL_WRITES_DB") {
+            self.external_writes_db = matches!(v.trim(), "1" | "true" | "yes");
         }
         if self.profile == Profile::External && (self.api_url.is_none() || self.api_token.is_none()) {
             bail!("the external profile needs QA_API_URL and QA_API_TOKEN (the deployment's API and a valid token)");
@@ -127,17 +146,29 @@ mod tests {
         move |k| m.get(k).cloned()
     }
 
+    fn load(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+        Config::load_with(get, &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles"))
+    }
+
+    #[test]
+    fn the_adapter_command_and_db_writes_are_set_by_variables() {
+        let cfg = load(env(&[("QA_SUT_COMMAND", "/opt/adapter --verbose")])).unwrap();
+        assert_eq!(cfg.sut_command.as_deref(), Some("/opt/adapter --verbose"));
+        assert!(!cfg.external_writes_db, "database writes are opt-in");
+        assert!(load(env(&[("QA_EXTERNAL_WRITES_DB", "1")])).unwrap().external_writes_db);
+    }
+
     #[test]
     fn local_is_the_default_profile() {
-        let cfg = Config::load_with(env(&[])).unwrap();
+        let cfg = load(env(&[])).unwrap();
         assert_eq!(cfg.profile, Profile::Local);
     }
 
     #[test]
     fn external_needs_an_api_address() {
-        let err = Config::load_with(env(&[("QA_PROFILE", "external")])).unwrap_err();
+        let err = load(env(&[("QA_PROFILE", "external")])).unwrap_err();
         assert!(format!("{err:#}").contains("QA_API_URL"), "{err:#}");
-        let cfg = Config::load_with(env(&[
+        let cfg = load(env(&[
             ("QA_PROFILE", "external"),
             ("QA_API_URL", "http://127.0.0.1:9/"),
             ("QA_API_TOKEN", "t"),
@@ -149,7 +180,7 @@ mod tests {
 
     #[test]
     fn unknown_profile_is_named() {
-        let err = Config::load_with(env(&[("QA_PROFILE", "staging")])).unwrap_err();
+        let err = load(env(&[("QA_PROFILE", "staging")])).unwrap_err();
         assert!(err.to_string().contains("staging"));
     }
 }

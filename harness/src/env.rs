@@ -3,13 +3,13 @@
 //! broker namespace `qa-<run id>`, a database `apq_qa_<run id>`, and the service processes; all
 //! are removed at the end. In the external profile it only connects.
 
-use crate::amqp::{self, Publisher, Tap};
+use crate::amqp::{self, Publisher, Tap, Topology};
 use crate::api::ApiClient;
 use crate::config::{Config, Profile};
 use crate::sql::Db;
 use crate::sut::{Component, Processes};
 use anyhow::{Context, bail};
-use services::topology::Names;
+use contract::topology::Names;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -90,16 +90,21 @@ pub struct Env {
 }
 
 impl Env {
-    /// Connects (external) or creates and starts everything (local).
-    pub async fn start(config: Config) -> anyhow::Result<Env> {
-        let run_id = format!("{:08x}", rand::random::<u32>());
+    /// Connects (external) or creates and starts everything (local). `run_id` names the run's
+    /// namespace, database and report folder ([`crate::paths::new_run_id`]).
+    pub async fn start(config: Config, run_id: String) -> anyhow::Result<Env> {
         let conn = Arc::new(amqp::connect(&config.amqp_url, "qa-harness").await?);
         match config.profile {
             Profile::External => {
                 let names = Names::new(&config.namespace);
                 let db = Db::connect(&config.database_url).await.context("connecting to the SUT database")?;
-                let tap = Tap::start(&config.amqp_url, &names).await?;
-                let publisher = Publisher::new(&conn, names.clone()).await?;
+                if !config.external_writes_db {
+                    // The deployment's data is not ours: every statement of this session is
+                    // refused by PostgreSQL itself if it would write.
+                    db.make_read_only().await?;
+                }
+                let tap = Tap::start(&config.amqp_url, &names, Topology::Deployed).await?;
+                let publisher = Publisher::new(&conn, names.clone(), Topology::Deployed).await?;
                 let api = ApiClient::new(config.api_url.as_deref().expect("validated"), config.api_token.clone())?;
                 let shared = Pipeline {
                     names,
@@ -169,6 +174,12 @@ impl Env {
         self.config.profile == Profile::Local
     }
 
+    /// Whether the harness may INSERT and DELETE rows: always in its own database (local),
+    /// in a deployment's only when the user opted in (`QA_EXTERNAL_WRITES_DB`).
+    pub fn may_write_db(&self) -> bool {
+        self.is_local() || self.config.external_writes_db
+    }
+
     /// A pipeline of the scenario's own (local profile): its own broker namespace, the run's
     /// database, and only the processes the scenario starts. Lets a scenario kill, scale or break
     /// components without disturbing concurrent scenarios.
@@ -210,13 +221,21 @@ async fn new_local_pipeline(
     let names = Names::new(namespace);
     service_env.retain(|(k, _)| k != "APQ_NAMESPACE");
     service_env.push(("APQ_NAMESPACE".into(), namespace.into()));
-    let bin = config.services_bin.clone().context("the local profile needs the services binary (QA_SERVICES_BIN)")?;
     let log_dir = config.report_dir.join("sut-logs").join(namespace);
-    let procs = Processes::new(bin, service_env.clone(), log_dir, id_prefix)?;
+    let procs = Processes::new(sut_command(config)?, service_env.clone(), log_dir, id_prefix)?;
     // Taps first: they declare the fanouts, and must exist before anything is published.
-    let tap = Tap::start(&config.amqp_url, &names).await?;
-    let publisher = Publisher::new(conn, names.clone()).await?;
+    let tap = Tap::start(&config.amqp_url, &names, Topology::Owned).await?;
+    let publisher = Publisher::new(conn, names.clone(), Topology::Owned).await?;
     Ok(Pipeline { names, tap, publisher, api: None, procs: Some(procs), service_env, conn: conn.clone() })
+}
+
+/// The adapter command of the local profile: `sut_command` split on whitespace, else the
+/// reference launcher built beside the runner.
+pub fn sut_command(config: &Config) -> anyhow::Result<Vec<String>> {
+    match &config.sut_command {
+        Some(c) => Ok(c.split_whitespace().map(String::from).collect()),
+        None => Ok(vec![crate::paths::reference_sut_binary()?.display().to_string()]),
+    }
 }
 
 /// The same libpq URL with another database name.

@@ -359,7 +359,7 @@ fn contains_form(obj: &serde_json::Map<String, Value>) -> Option<Vec<Value>> {
 
 /// Validates `v` against the published JSON Schema of `kind`; `Err` holds every violation as
 /// `at <instance path>: <reason>`.
-pub fn validate_contract(kind: services::contract::MessageKind, v: &Value) -> Result<(), Vec<String>> {
+pub fn validate_contract(kind: contract::MessageKind, v: &Value) -> Result<(), Vec<String>> {
     let errors: Vec<String> = kind
         .validator()
         .iter_errors(v)

@@ -9,7 +9,11 @@
 //! - [`api`]: typed REST client recording the last exchange.
 //! - [`eventually`]: the one retry primitive, with diagnostics and a convergence log.
 //! - [`json_match`]: exact/subset/tolerance matching and contract validation.
-//! - [`namespace`]: per-scenario sensor-id prefixes; [`sut`]: process control (local profile).
+//! - [`namespace`]: per-scenario sensor-id prefixes; [`sut`]: process control (local profile)
+//!   through the SUT adapter protocol; [`paths`]: run-time locations and per-run report folders.
+//! - [`signal`]: test signals and the harness's own reference features (an independent oracle).
+//!
+//! The harness depends on the `contract` crate only, never on the reference services.
 //! - [`ledger`]: lineage and reconciliation; [`report`]: failure bundles and run reports.
 
 pub mod amqp;
@@ -20,6 +24,8 @@ pub mod eventually;
 pub mod json_match;
 pub mod ledger;
 pub mod namespace;
+pub mod paths;
 pub mod report;
+pub mod signal;
 pub mod sql;
 pub mod sut;

@@ -50,6 +50,21 @@ impl FeatureRow {
         })
     }
 
+    /// The row a writer stores for a feature message (`written_at` = now).
+    pub fn from_feature(f: &contract::AnyFeature) -> Self {
+        FeatureRow {
+            message_id: f.message_id(),
+            feature_type: f.feature_type().as_str().to_string(),
+            sensor_id: f.sensor_id().to_string(),
+            source_message_id: f.source_message_id(),
+            sequence: f.sequence() as i64,
+            captured_at: f.captured_at(),
+            processed_by: f.processed_by().to_string(),
+            features: f.features_json(),
+            written_at: Utc::now(),
+        }
+    }
+
     fn from_row(r: &Row) -> anyhow::Result<Self> {
         Ok(FeatureRow {
             message_id: r.try_get("message_id")?,
@@ -81,6 +96,45 @@ const INSERT_CHUNK: usize = 5_000;
 pub struct Db {
     /// Shared client; its connection task runs on the tokio runtime.
     client: Arc<Client>,
+}
+
+/// What a [`RowInserter`] does with a row whose `message_id` is already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflicts {
+    /// The statement fails (seeding: a duplicate is a bug worth seeing).
+    Fail,
+    /// The row is skipped, as the DataWriter does.
+    Skip,
+}
+
+/// A prepared multi-row INSERT into the contract's table (see [`Db::row_inserter`]).
+pub struct RowInserter {
+    /// The harness's connection.
+    client: Arc<Client>,
+    /// The INSERT, prepared once so each call is one round trip.
+    statement: tokio_postgres::Statement,
+}
+
+impl RowInserter {
+    /// Inserts `rows` with one statement (all or none); returns the rows actually inserted.
+    pub async fn insert(&self, rows: &[FeatureRow]) -> anyhow::Result<u64> {
+        let message_ids: Vec<Uuid> = rows.iter().map(|r| r.message_id).collect();
+        let types: Vec<&str> = rows.iter().map(|r| r.feature_type.as_str()).collect();
+        let sensors: Vec<&str> = rows.iter().map(|r| r.sensor_id.as_str()).collect();
+        let sources: Vec<Uuid> = rows.iter().map(|r| r.source_message_id).collect();
+        let sequences: Vec<i64> = rows.iter().map(|r| r.sequence).collect();
+        let captured: Vec<DateTime<Utc>> = rows.iter().map(|r| r.captured_at).collect();
+        let processed_by: Vec<&str> = rows.iter().map(|r| r.processed_by.as_str()).collect();
+        let features: Vec<&Value> = rows.iter().map(|r| &r.features).collect();
+        let written: Vec<DateTime<Utc>> = rows.iter().map(|r| r.written_at).collect();
+        self.client
+            .execute(
+                &self.statement,
+                &[&message_ids, &types, &sensors, &sources, &sequences, &captured, &processed_by, &features, &written],
+            )
+            .await
+            .with_context(|| format!("inserting {} feature rows", rows.len()))
+    }
 }
 
 impl std::fmt::Debug for Db {
@@ -164,50 +218,45 @@ impl Db {
         Ok(self.rows(&sql, &[&sensor_id, &feature_type]).await?.into_iter().next())
     }
 
+    /// Makes this session read-only (`default_transaction_read_only`): any INSERT, UPDATE or
+    /// DELETE through it fails in PostgreSQL, whatever a step tries.
+    pub async fn make_read_only(&self) -> anyhow::Result<()> {
+        self.client
+            .batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            .await
+            .context("making the harness's database session read-only")
+    }
+
     /// Inserts rows as given (including `written_at`), for seeding history. Each chunk of rows
     /// is one statement, so a chunk lands entirely or not at all. Returns the rows inserted.
     pub async fn insert_rows(&self, rows: &[FeatureRow]) -> anyhow::Result<u64> {
+        let inserter = self.row_inserter(Conflicts::Fail).await?;
+        let mut inserted = 0;
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            inserted += inserter.insert(chunk).await?;
+        }
+        Ok(inserted)
+    }
+
+    /// A multi-row INSERT into the contract's table, prepared once: seeding (a duplicate is an
+    /// error, so a missing UNIQUE constraint shows), and the load bench's raw-INSERT baseline
+    /// (`ON CONFLICT (message_id) DO NOTHING`, like an idempotent writer).
+    pub async fn row_inserter(&self, conflicts: Conflicts) -> anyhow::Result<RowInserter> {
+        let on_conflict = match conflicts {
+            Conflicts::Fail => "",
+            Conflicts::Skip => " ON CONFLICT (message_id) DO NOTHING",
+        };
         let statement = self
             .client
-            .prepare(
+            .prepare(&format!(
                 "INSERT INTO features (message_id, feature_type, sensor_id, source_message_id, sequence, \
                  captured_at, processed_by, features, written_at) \
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int8[], \
-                 $6::timestamptz[], $7::text[], $8::jsonb[], $9::timestamptz[])",
-            )
+                 $6::timestamptz[], $7::text[], $8::jsonb[], $9::timestamptz[]){on_conflict}"
+            ))
             .await
             .context("preparing the seeding INSERT")?;
-        let mut inserted = 0;
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            let message_ids: Vec<Uuid> = chunk.iter().map(|r| r.message_id).collect();
-            let types: Vec<&str> = chunk.iter().map(|r| r.feature_type.as_str()).collect();
-            let sensors: Vec<&str> = chunk.iter().map(|r| r.sensor_id.as_str()).collect();
-            let sources: Vec<Uuid> = chunk.iter().map(|r| r.source_message_id).collect();
-            let sequences: Vec<i64> = chunk.iter().map(|r| r.sequence).collect();
-            let captured: Vec<DateTime<Utc>> = chunk.iter().map(|r| r.captured_at).collect();
-            let processed_by: Vec<&str> = chunk.iter().map(|r| r.processed_by.as_str()).collect();
-            let features: Vec<&Value> = chunk.iter().map(|r| &r.features).collect();
-            let written: Vec<DateTime<Utc>> = chunk.iter().map(|r| r.written_at).collect();
-            inserted += self
-                .client
-                .execute(
-                    &statement,
-                    &[
-                        &message_ids,
-                        &types,
-                        &sensors,
-                        &sources,
-                        &sequences,
-                        &captured,
-                        &processed_by,
-                        &features,
-                        &written,
-                    ],
-                )
-                .await
-                .with_context(|| format!("inserting {} feature rows", chunk.len()))?;
-        }
-        Ok(inserted)
+        Ok(RowInserter { client: self.client.clone(), statement })
     }
 
     /// (source_message_id, feature_type) of every row whose sensor id starts with `prefix`

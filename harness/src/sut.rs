@@ -1,6 +1,7 @@
 //! SUT control (local profile only): start, stop (SIGTERM), kill (SIGKILL), restart and scale each
-//! component as real OS processes of the `pipeline` binary, and wait for each to announce
-//! readiness on stdout. Each process's stderr goes to a log file under the report directory.
+//! component as real OS processes through the SUT adapter protocol
+//! (`fixtures/contracts/adapter.md`): `<adapter command> <component>` with `APQ_*` variables,
+//! one JSON ready line on stdout, stderr to a log file under the run's report directory.
 
 use anyhow::{Context, bail};
 use std::collections::BTreeMap;
@@ -55,8 +56,8 @@ struct Instance {
 
 /// The processes of one pipeline namespace.
 pub struct Processes {
-    /// The `pipeline` binary.
-    bin: PathBuf,
+    /// The adapter command: program, then its own arguments (the component is appended).
+    command: Vec<String>,
     /// `APQ_*` settings every instance gets (namespace, URLs, tokens).
     env: Vec<(String, String)>,
     /// Where stderr logs go.
@@ -72,13 +73,21 @@ pub struct Processes {
 }
 
 impl Processes {
-    pub fn new(bin: PathBuf, env: Vec<(String, String)>, log_dir: PathBuf, id_prefix: &str) -> anyhow::Result<Self> {
-        if !bin.exists() {
-            bail!("the services binary {} does not exist (build it with `cargo build -p services`)", bin.display());
+    pub fn new(
+        command: Vec<String>,
+        env: Vec<(String, String)>,
+        log_dir: PathBuf,
+        id_prefix: &str,
+    ) -> anyhow::Result<Self> {
+        let Some(program) = command.first() else { bail!("the SUT adapter command is empty") };
+        if program.contains('/') && !std::path::Path::new(program).is_file() {
+            bail!(
+                "the SUT adapter {program} does not exist (QA_SUT_COMMAND, or build the reference with `cargo build -p steps`)"
+            );
         }
         std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
         Ok(Self {
-            bin,
+            command,
             env,
             log_dir,
             ready_timeout: Duration::from_secs(30),
@@ -105,8 +114,9 @@ impl Processes {
             let id = format!("{}-{}-{seq}", self.id_prefix, component.subcommand());
             let log_path = self.log_dir.join(format!("{id}.log"));
             let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-            let mut cmd = Command::new(&self.bin);
-            cmd.arg(component.subcommand())
+            let mut cmd = Command::new(&self.command[0]);
+            cmd.args(&self.command[1..])
+                .arg(component.subcommand())
                 .envs(self.env.iter().cloned())
                 .envs(extra_env.iter().cloned())
                 .env("APQ_INSTANCE_ID", &id)
@@ -116,8 +126,9 @@ impl Processes {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::from(log))
                 .kill_on_drop(true);
-            let mut child =
-                cmd.spawn().with_context(|| format!("spawning {} {}", self.bin.display(), component.subcommand()))?;
+            let mut child = cmd
+                .spawn()
+                .with_context(|| format!("spawning {} {}", self.command.join(" "), component.subcommand()))?;
             let stdout = child.stdout.take().expect("stdout is piped");
             let mut lines = BufReader::new(stdout).lines();
             let ready = tokio::time::timeout(self.ready_timeout, async {

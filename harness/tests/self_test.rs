@@ -3,13 +3,13 @@
 
 use anyhow::anyhow;
 use chrono::{DateTime, TimeZone as _, Utc};
+use contract::MessageKind;
 use harness::api::{ApiClient, Auth, HistoryQuery};
 use harness::eventually::{Backoff, Check, convergence_log, eventually, never};
 use harness::json_match::{MatchOptions, Mode, Tolerance, assert_match, diff, validate_contract};
 use harness::sql::{self, Db, FeatureRow};
 use rstest::rstest;
 use serde_json::{Value, json};
-use services::contract::MessageKind;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use uuid::Uuid;

@@ -12,14 +12,14 @@ use crate::cli::{BenchArgs, LoadOpts};
 use crate::stats::Latency;
 use crate::{attack, pipeline, runner};
 use anyhow::{Context as _, bail};
+use contract::topology::Names;
+use contract::{AudioChunk, Encoding};
 use futures::StreamExt as _;
 use goose::metrics::GooseMetrics;
 use goose::prelude::*;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use serde_json::json;
-use services::contract::{AudioChunk, Encoding};
-use services::topology::Names;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -641,8 +641,8 @@ async fn raw_broker(opts: &LoadOpts, n: u64, bytes: usize, publishers: usize) ->
     let conn = harness::amqp::connect(&opts.amqp_url, "load-bench-raw").await?;
     let queue = format!("bench-raw-{:08x}", rand::random::<u32>());
     let ch = conn.create_channel().await?;
-    services::topology::durable_queue(&ch, &queue).await?;
-    ch.basic_qos(services::config::ConsumerSettings::default().prefetch, BasicQosOptions::default()).await?;
+    contract::topology::durable_queue(&ch, &queue).await?;
+    ch.basic_qos(32, BasicQosOptions::default()).await?;
     let mut consumer = ch
         .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await?;
@@ -669,12 +669,12 @@ async fn raw_broker(opts: &LoadOpts, n: u64, bytes: usize, publishers: usize) ->
     let per = n.div_ceil(publishers as u64);
     let mut tasks = Vec::new();
     for p in 0..publishers as u64 {
-        let (conn_ch, body, queue) = (services::amqp::confirm_channel(&conn).await?, body.clone(), queue.clone());
+        let (conn_ch, body, queue) = (contract::amqp::confirm_channel(&conn).await?, body.clone(), queue.clone());
         let count = per.min(n.saturating_sub(p * per));
         tasks.push(tokio::spawn(async move {
             for i in 0..count {
-                let props = services::amqp::json_properties(&format!("{p}-{i}"), "audio_chunk/v1", "bench");
-                services::amqp::publish_confirmed(&conn_ch, "", &queue, &body, props).await?;
+                let props = contract::amqp::json_properties(&format!("{p}-{i}"), "audio_chunk/v1", "bench");
+                contract::amqp::publish_confirmed(&conn_ch, "", &queue, &body, props).await?;
             }
             Ok::<_, anyhow::Error>(())
         }));

@@ -18,14 +18,14 @@ use crate::report::{LatencyReport, RunReport, Throughput};
 use crate::sla::{GateResult, Sla};
 use crate::stats::Latency;
 use anyhow::{Context as _, bail};
+use contract::topology::Names;
+use contract::{AudioChunk, Encoding, MessageKind};
 use futures::StreamExt as _;
 use harness::amqp::{Publisher, RawMessage, Source, Tap};
 use harness::api::ApiClient;
 use harness::sql::Db;
 use harness::sut::{Component, Processes};
 use serde_json::json;
-use services::contract::{AudioChunk, Encoding, MessageKind};
-use services::topology::Names;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +35,9 @@ use uuid::Uuid;
 
 /// How often the paced phase polls for new rows.
 const DB_POLL_EVERY: Duration = Duration::from_millis(2);
+/// Rows per statement of the raw-INSERT baseline: the reference writer's default batch size
+/// (`APQ_WRITER_BATCH_SIZE`), so the baseline and the writer write the same batches.
+const RAW_INSERT_BATCH: usize = 100;
 
 /// How the pipeline gates reach the infrastructure.
 #[derive(Debug, Clone)]
@@ -95,9 +98,10 @@ impl Env {
             ("APQ_API_RATE_LIMIT_PER_SEC".to_string(), "1000000".to_string()),
             ("APQ_API_RATE_LIMIT_BURST".to_string(), "1000000".to_string()),
         ];
-        let procs = Processes::new(infra.services_bin.clone(), env, out.join("sut-logs"), &namespace)?;
+        let procs =
+            Processes::new(vec![infra.services_bin.display().to_string()], env, out.join("sut-logs"), &namespace)?;
         // The tap declares the fanouts, so it must exist before anything is published.
-        let tap = Tap::start(&infra.amqp_url, &names).await?;
+        let tap = Tap::start(&infra.amqp_url, &names, harness::amqp::Topology::Owned).await?;
         Ok(Env { run_id, names, conn, tap, procs, db, db_name, infra: infra.clone(), out: out.to_path_buf() })
     }
 
@@ -381,22 +385,21 @@ async fn writer_phase(
     // Start once so the schema and the writer's queues exist, then stop it to queue the input.
     env.procs.start(Component::DataWriter, 1, &[]).await?;
     env.procs.stop(Component::DataWriter, None).await?;
-    let publisher = Publisher::new(&env.conn, env.names.clone()).await?;
-    let samples = services::dsp::Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600);
+    let publisher = Publisher::new(&env.conn, env.names.clone(), harness::amqp::Topology::Owned).await?;
+    let samples = harness::signal::Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600);
     let mut messages = Vec::with_capacity(n as usize);
     for seq in 0..n {
         let sensor = format!("{prefix}.s{}", seq % 4);
         let chunk = AudioChunk::from_samples(&sensor, seq, chrono::Utc::now(), 16_000, 1, Encoding::PcmF32le, &samples);
-        let feature = services::algorithm_a::process(&chunk, "load-writer-phase")
-            .map_err(|e| anyhow::anyhow!("building a Feature A: {e}"))?;
-        let body = services::contract::check_outgoing(MessageKind::FeatureA, &feature)
+        let feature = harness::signal::feature_a_for(&chunk, "load-writer-phase", chrono::Utc::now())?;
+        let body = contract::check_outgoing(MessageKind::FeatureA, &feature)
             .map_err(|e| anyhow::anyhow!("a generated Feature A breaks the contract: {e}"))?;
         messages.push(RawMessage {
             body,
             message_id: Some(feature.message_id.to_string()),
             sensor_id: Some(sensor),
             content_type: None,
-            headers: vec![(services::contract::HEADER_SCHEMA.into(), MessageKind::FeatureA.schema_header().into())],
+            headers: vec![(contract::HEADER_SCHEMA.into(), MessageKind::FeatureA.schema_header().into())],
         });
     }
     let exchange = env.names.features_a();
@@ -867,31 +870,27 @@ async fn bench_phases(
     t0: Instant,
 ) -> anyhow::Result<PipelineBench> {
     let timeout = Duration::from_secs(300);
-    let mut b = PipelineBench {
-        raw_insert_batch: services::config::DataWriterSettings::default().batch_size,
-        ..Default::default()
-    };
+    let mut b = PipelineBench { raw_insert_batch: RAW_INSERT_BATCH, ..Default::default() };
     // DataWriter alone first: features queued once each, then drained.
     env.procs.start(Component::DataWriter, 1, &[]).await?;
     env.procs.stop(Component::DataWriter, None).await?;
     let prefix = env.prefix("wbench");
-    let publisher = Publisher::new(&env.conn, env.names.clone()).await?;
-    let samples = services::dsp::Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600);
+    let publisher = Publisher::new(&env.conn, env.names.clone(), harness::amqp::Topology::Owned).await?;
+    let samples = harness::signal::Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600);
     let mut rows = Vec::with_capacity(features as usize);
     let mut messages = Vec::with_capacity(features as usize);
     for seq in 0..features {
         let sensor = format!("{prefix}.s{}", seq % 4);
         let chunk = AudioChunk::from_samples(&sensor, seq, chrono::Utc::now(), 16_000, 1, Encoding::PcmF32le, &samples);
         b.chunk_bytes = serde_json::to_vec(&chunk)?.len();
-        let f = services::algorithm_a::process(&chunk, "load-bench")
-            .map_err(|e| anyhow::anyhow!("building a Feature A: {e}"))?;
-        let body = services::contract::check_outgoing(MessageKind::FeatureA, &f).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let f = harness::signal::feature_a_for(&chunk, "load-bench", chrono::Utc::now())?;
+        let body = contract::check_outgoing(MessageKind::FeatureA, &f).map_err(|e| anyhow::anyhow!("{e}"))?;
         messages.push(RawMessage {
             body,
             message_id: Some(f.message_id.to_string()),
             sensor_id: Some(sensor.clone()),
             content_type: None,
-            headers: vec![(services::contract::HEADER_SCHEMA.into(), MessageKind::FeatureA.schema_header().into())],
+            headers: vec![(contract::HEADER_SCHEMA.into(), MessageKind::FeatureA.schema_header().into())],
         });
         rows.push(f);
     }
@@ -916,19 +915,19 @@ async fn bench_phases(
     };
     // Raw INSERT of the same rows (new ids) into the same table, batch by batch like the writer:
     // the writer's own statement, prepared once, straight from here.
-    let statement = services::db::prepare_insert(env.db.client(), false).await.context("preparing the raw INSERT")?;
+    let raw: Vec<harness::sql::FeatureRow> = rows
+        .iter()
+        .map(|f| {
+            let mut row = harness::sql::FeatureRow::from_feature(&contract::AnyFeature::A(f.clone()));
+            row.message_id = Uuid::new_v4();
+            row.sensor_id = format!("{}-raw", f.sensor_id);
+            row
+        })
+        .collect();
+    let inserter = env.db.row_inserter(harness::sql::Conflicts::Skip).await.context("preparing the raw INSERT")?;
     let started = Instant::now();
-    for batch in rows.chunks(b.raw_insert_batch) {
-        let raw: Vec<services::contract::AnyFeature> = batch
-            .iter()
-            .map(|f| {
-                let mut f = f.clone();
-                f.message_id = Uuid::new_v4();
-                f.sensor_id = format!("{}-raw", f.sensor_id);
-                services::contract::AnyFeature::A(f)
-            })
-            .collect();
-        services::db::insert_prepared(env.db.client(), &statement, &raw).await.context("raw multi-row INSERT")?;
+    for batch in raw.chunks(b.raw_insert_batch) {
+        inserter.insert(batch).await.context("raw multi-row INSERT")?;
     }
     b.raw_insert_rows_per_sec = features as f64 / started.elapsed().as_secs_f64();
 

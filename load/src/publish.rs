@@ -6,10 +6,10 @@
 use crate::attack;
 use crate::stats::Latency;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use contract::topology::Names;
+use contract::{AudioChunk, Encoding};
 use goose::prelude::*;
 use harness::amqp::Publisher;
-use services::contract::{AudioChunk, Encoding};
-use services::topology::Names;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -111,7 +111,7 @@ pub async fn run(
         names,
         t0: OnceLock::new(),
         wall0: DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap_or_else(Utc::now),
-        samples: services::dsp::Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(
+        samples: harness::signal::Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(
             SAMPLE_RATE,
             1,
             0,
@@ -127,7 +127,7 @@ pub async fn run(
         let f: TransactionFunction = Arc::new(move |user| {
             let shared = shared.clone();
             Box::pin(async move {
-                let p = Publisher::new(&shared.conn, shared.names.clone())
+                let p = Publisher::new(&shared.conn, shared.names.clone(), harness::amqp::Topology::Owned)
                     .await
                     .map_err(|e| Box::new(TransactionError::Custom(format!("opening a publisher: {e:#}"))))?;
                 user.set_session_data(p);

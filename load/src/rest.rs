@@ -9,6 +9,7 @@
 use crate::stats::Latency;
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
+use contract::MessageKind;
 use futures::StreamExt;
 use goose::metrics::GooseRequestMetric;
 use goose::prelude::*;
@@ -16,7 +17,6 @@ use harness::api::{ApiClient, HistoryQuery};
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use serde_json::Value;
-use services::contract::MessageKind;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};

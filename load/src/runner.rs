@@ -17,14 +17,17 @@ use std::time::Instant;
 /// Default goose run time when none is given: goose would otherwise run until stopped.
 const DEFAULT_RUN_TIME: &str = "30s";
 
-/// The workspace root (this crate's parent), for default paths.
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+/// The checkout, found at run time from the working directory or `QA_ROOT`, for default paths.
+pub fn workspace_root() -> anyhow::Result<PathBuf> {
+    harness::paths::project_root()
 }
 
 /// Reads and resolves `sla.toml`.
 pub fn load_sla(cli: &Cli) -> anyhow::Result<Sla> {
-    let path = cli.opts.sla_file.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("sla.toml"));
+    let path = match cli.opts.sla_file.clone() {
+        Some(p) => p,
+        None => workspace_root().context("finding load/sla.toml (or pass --sla-file)")?.join("load/sla.toml"),
+    };
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Sla::parse(&text, cli.opts.sla, &cli.opts.workload, &cli.opts.set).with_context(|| format!("in {}", path.display()))
 }
@@ -40,10 +43,13 @@ pub fn services_bin(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     {
         candidates.push(dir.join("pipeline"));
     }
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
-    candidates.push(target.join("release").join("pipeline"));
-    candidates.push(target.join("debug").join("pipeline"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .or_else(|| workspace_root().ok().map(|r| r.join("target")));
+    if let Some(target) = target {
+        candidates.push(target.join("release").join("pipeline"));
+        candidates.push(target.join("debug").join("pipeline"));
+    }
     candidates.into_iter().find(|p| p.is_file()).context(
         "no `pipeline` binary found next to `load` or in target/{release,debug}: build it with \
          `cargo build --release -p services` or pass --services-bin",

@@ -2,7 +2,7 @@
 //! and publishes Feature A to the `features_a` fanout; the input is acked only after the broker
 //! confirmed the output. Bad chunks go to `audio_stream.dlq` with a reason.
 
-use crate::amqp::{dead_letter, json_properties, publish_confirmed};
+use crate::amqp::{DeadLetters, dead_letter, json_properties, publish_confirmed};
 use crate::config::Settings;
 use crate::contract::{self, AudioChunk, FeatureA, MessageKind, Rejection};
 use crate::runtime::{Health, ServiceError, consume_until_shutdown, start_consuming, supervise};
@@ -87,7 +87,13 @@ async fn handle(
     let feature = match result {
         Ok(f) => f,
         Err(rejection) => {
-            dead_letter(ch, &delivery, &names.audio_stream_dlq(), &queue, instance, &rejection).await?;
+            dead_letter(
+                ch,
+                &delivery,
+                &DeadLetters::new(names, &names.audio_stream_dlq(), &queue, instance),
+                &rejection,
+            )
+            .await?;
             return Ok(());
         }
     };
@@ -100,7 +106,13 @@ async fn handle(
         Ok(b) => b,
         Err(rejection) => {
             // Our own output breaks the contract (e.g. a feature out of range): keep the input.
-            dead_letter(ch, &delivery, &names.audio_stream_dlq(), &queue, instance, &rejection).await?;
+            dead_letter(
+                ch,
+                &delivery,
+                &DeadLetters::new(names, &names.audio_stream_dlq(), &queue, instance),
+                &rejection,
+            )
+            .await?;
             return Ok(());
         }
     };

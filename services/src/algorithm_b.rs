@@ -2,7 +2,7 @@
 //! classifies each Feature A into an acoustic event and publishes Feature B to `features_b`.
 //! Same rules as Algorithm A: ack after confirm, bad input to the queue's DLQ with a reason.
 
-use crate::amqp::{dead_letter, json_properties, publish_confirmed};
+use crate::amqp::{DeadLetters, dead_letter, json_properties, publish_confirmed};
 use crate::config::Settings;
 use crate::contract::{self, EventClass, EventFeatures, FeatureA, FeatureB, MessageKind, SignalFeatures};
 use crate::runtime::{Health, ServiceError, consume_until_shutdown, start_consuming, supervise};
@@ -72,7 +72,7 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
         async move {
             let ch = crate::amqp::confirm_channel(&conn).await?;
             let queue = names.algorithm_b_queue();
-            topology::bound_queue(&ch, &names.features_a(), &queue).await?;
+            topology::bound_queue(&ch, names, &names.features_a(), &queue).await?;
             topology::fanout(&ch, &names.features_b()).await?;
             let consumer =
                 start_consuming(&ch, &queue, settings.algorithm_b.prefetch, COMPONENT, instance, health, announced)
@@ -100,11 +100,11 @@ async fn handle(
     n: u64,
 ) -> Result<(), ServiceError> {
     let queue = names.algorithm_b_queue();
-    let dlq = Names::dlq_of(&queue);
+    let dlq = DeadLetters::new(names, &Names::dlq_of(&queue), &queue, instance);
     let a = match contract::decode::<FeatureA>(MessageKind::FeatureA, &delivery.data, max_bytes) {
         Ok(a) => a,
         Err(rejection) => {
-            dead_letter(ch, &delivery, &dlq, &queue, instance, &rejection).await?;
+            dead_letter(ch, &delivery, &dlq, &rejection).await?;
             return Ok(());
         }
     };
@@ -117,7 +117,7 @@ async fn handle(
     let body = match contract::check_outgoing(MessageKind::FeatureB, &b) {
         Ok(body) => body,
         Err(rejection) => {
-            dead_letter(ch, &delivery, &dlq, &queue, instance, &rejection).await?;
+            dead_letter(ch, &delivery, &dlq, &rejection).await?;
             return Ok(());
         }
     };

@@ -2,21 +2,10 @@
 //! dead-letter a delivery with a reason. Ack-after-confirm is the rule everywhere.
 
 use crate::contract::{HEADER_DLQ_CONSUMER, HEADER_DLQ_DETAIL, HEADER_DLQ_QUEUE, HEADER_DLQ_REASON, Rejection};
-use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties,
-    message::Delivery,
-    options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions},
-    types::{AMQPValue, FieldTable, ShortString},
-};
+use lapin::{Channel, Connection, ConnectionProperties, message::Delivery, options::BasicAckOptions, types::AMQPValue};
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
-pub enum AmqpError {
-    #[error("broker error: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("broker nacked the publish to {0:?}")]
-    Nacked(String),
-}
+pub use contract::amqp::{PublishError as AmqpError, confirm_channel, header_str, json_properties, publish_confirmed};
 
 /// Opens a connection, retrying with exponential backoff until `deadline` (None = forever) or
 /// until `shutdown` fires.
@@ -44,52 +33,41 @@ pub async fn connect(
     }
 }
 
-/// A channel in confirm mode.
-pub async fn confirm_channel(conn: &Connection) -> Result<Channel, AmqpError> {
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    Ok(ch)
+/// Where one consumer's dead letters go: the namespace's dead-letter exchange, routed by the
+/// DLQ's name (so the DLQ and any observer bound under that key get a copy), plus the headers
+/// that say where and by whom a message was rejected.
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    /// The namespace's `dead_letters` direct exchange.
+    pub exchange: String,
+    /// The DLQ's name: the routing key.
+    pub dlq: String,
+    /// The queue the rejected message was consumed from (`x-dlq-source-queue`).
+    pub source_queue: String,
+    /// The rejecting instance (`x-dlq-consumer`).
+    pub consumer: String,
 }
 
-/// Persistent JSON message properties with our headers.
-pub fn json_properties(message_id: &str, schema: &str, sensor_id: &str) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(crate::contract::HEADER_SCHEMA.into(), AMQPValue::LongString(schema.into()));
-    headers.insert(crate::contract::HEADER_SENSOR_ID.into(), AMQPValue::LongString(sensor_id.into()));
-    BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_message_id(message_id.into())
-        .with_timestamp(chrono::Utc::now().timestamp() as u64)
-        .with_headers(headers)
+impl DeadLetters {
+    pub fn new(names: &crate::topology::Names, dlq: &str, source_queue: &str, consumer: &str) -> Self {
+        Self {
+            exchange: names.dead_letters(),
+            dlq: dlq.to_string(),
+            source_queue: source_queue.to_string(),
+            consumer: consumer.to_string(),
+        }
+    }
 }
 
-/// Publishes and waits for the broker's confirm; an error means "not sent".
-pub async fn publish_confirmed(
-    ch: &Channel,
-    exchange: &str,
-    routing_key: &str,
-    body: &[u8],
-    props: BasicProperties,
-) -> Result<(), AmqpError> {
-    let confirm = ch
-        .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props)
-        .await?
-        .await?;
-    if confirm.is_ack() { Ok(()) } else { Err(AmqpError::Nacked(format!("{exchange}/{routing_key}"))) }
-}
-
-/// Copies a delivery to `dlq` with the reason headers (publisher-confirmed), then acks the
+/// Copies a delivery to its DLQ with the reason headers (publisher-confirmed), then acks the
 /// original. The body and the original properties are kept, so nothing is lost.
 pub async fn dead_letter(
     ch: &Channel,
     delivery: &Delivery,
-    dlq: &str,
-    source_queue: &str,
-    consumer: &str,
+    route: &DeadLetters,
     rejection: &Rejection,
 ) -> Result<(), AmqpError> {
-    copy_to_dead_letter(ch, delivery, dlq, source_queue, consumer, rejection).await?;
+    copy_to_dead_letter(ch, delivery, route, rejection).await?;
     delivery.ack(BasicAckOptions::default()).await?;
     Ok(())
 }
@@ -98,9 +76,7 @@ pub async fn dead_letter(
 pub async fn copy_to_dead_letter(
     ch: &Channel,
     delivery: &Delivery,
-    dlq: &str,
-    source_queue: &str,
-    consumer: &str,
+    route: &DeadLetters,
     rejection: &Rejection,
 ) -> Result<(), AmqpError> {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
@@ -108,22 +84,12 @@ pub async fn copy_to_dead_letter(
     let mut detail = rejection.to_string();
     detail.truncate(1000);
     headers.insert(HEADER_DLQ_DETAIL.into(), AMQPValue::LongString(detail.into()));
-    headers.insert(HEADER_DLQ_QUEUE.into(), AMQPValue::LongString(source_queue.into()));
-    headers.insert(HEADER_DLQ_CONSUMER.into(), AMQPValue::LongString(consumer.into()));
+    headers.insert(HEADER_DLQ_QUEUE.into(), AMQPValue::LongString(route.source_queue.as_str().into()));
+    headers.insert(HEADER_DLQ_CONSUMER.into(), AMQPValue::LongString(route.consumer.as_str().into()));
     let props = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
-    publish_confirmed(ch, "", dlq, &delivery.data, props).await?;
-    tracing::warn!(reason = rejection.code(), detail = %rejection, dlq, "message dead-lettered");
+    publish_confirmed(ch, &route.exchange, &route.dlq, &delivery.data, props).await?;
+    tracing::warn!(reason = rejection.code(), detail = %rejection, dlq = route.dlq, "message dead-lettered");
     Ok(())
-}
-
-/// Reads a string header (long or short string) from AMQP properties.
-pub fn header_str(props: &BasicProperties, key: &str) -> Option<String> {
-    let headers = props.headers().as_ref()?;
-    match headers.inner().get(&ShortString::from(key))? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
 }
 
 /// Exponential backoff helper for reconnect loops.

@@ -3,7 +3,7 @@
 //! acked only after COMMIT, and the INSERT skips known `message_id`s, so a crash or a redelivery
 //! never loses or duplicates a row. Bad messages go to the queue's DLQ with a reason.
 
-use crate::amqp::dead_letter;
+use crate::amqp::{DeadLetters, dead_letter};
 use crate::config::Settings;
 use crate::contract::{self, AnyFeature, FeatureA, FeatureB, FeatureType, Rejection};
 use crate::runtime::{Health, ServiceError, SessionEnd, announce_ready, supervise};
@@ -96,8 +96,8 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
             // settled with one multiple-ack per channel.
             let (ch_a, ch_b) = (crate::amqp::confirm_channel(&conn).await?, crate::amqp::confirm_channel(&conn).await?);
             let (queue_a, queue_b) = (names.writer_queue_a(), names.writer_queue_b());
-            topology::bound_queue(&ch_a, &names.features_a(), &queue_a).await?;
-            topology::bound_queue(&ch_b, &names.features_b(), &queue_b).await?;
+            topology::bound_queue(&ch_a, names, &names.features_a(), &queue_a).await?;
+            topology::bound_queue(&ch_b, names, &names.features_b(), &queue_b).await?;
             let (tag_a, tag_b) = (format!("{instance}.a"), format!("{instance}.b"));
             let mut consumers = Vec::new();
             for (ch, queue, tag) in [(&ch_a, &queue_a, &tag_a), (&ch_b, &queue_b, &tag_b)] {
@@ -142,7 +142,7 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                             match decode(feature_type, &delivery.data, settings.amqp.max_message_bytes) {
                                 Ok(row) => batch.push(row, delivery),
                                 Err(rejection) => {
-                                    dead_letter(ch, &delivery, &Names::dlq_of(queue), queue, instance, &rejection).await?;
+                                    dead_letter(ch, &delivery, &DeadLetters::new(names, &Names::dlq_of(queue), queue, instance), &rejection).await?;
                                 }
                             }
                             if batch.len() < settings.data_writer.batch_size {

@@ -12,9 +12,8 @@ use tokio_postgres::{Client, GenericClient, NoTls, Row, Statement};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// The migrations, in the order they are applied. Versions are the numeric file prefixes.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "0001_features.sql", sql: include_str!("../../fixtures/sql/0001_features.sql") }];
+/// The migrations, in the order they are applied (the contract's table definition).
+pub use contract::sql::{MIGRATIONS, Migration};
 
 /// Key of the transaction-scoped advisory lock that serialises migrations across processes
 /// (arbitrary, but fixed: every writer must use the same one). ASCII "apq-mig" as an integer.
@@ -22,17 +21,6 @@ const MIGRATION_LOCK_KEY: i64 = 0x0061_7071_2d6d_6967;
 
 /// Name of the idempotency constraint (dropped by the `fault_ignore_unique` test hook).
 pub const UNIQUE_CONSTRAINT: &str = "features_message_id_key";
-
-/// One embedded schema migration.
-#[derive(Debug, Clone, Copy)]
-pub struct Migration {
-    /// Monotonic version recorded in `schema_migrations`.
-    pub version: i32,
-    /// File name under `fixtures/sql/`, for logs and the completeness test.
-    pub name: &'static str,
-    /// The SQL script (may hold several statements).
-    pub sql: &'static str,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

@@ -2,9 +2,8 @@
 //!
 //! Layout:
 //! - [`config`]: what an operator sets (TOML file + `APQ_*` env), one struct per component.
-//! - [`contract`]: the versioned message types and their JSON-Schema validation (the schemas live in
-//!   `fixtures/contracts/` and are embedded here, so producers and consumers share one source).
-//! - [`topology`]: exchange/queue names (with an optional namespace prefix) and their declarations.
+//! - [`contract`], [`topology`]: re-exported from the `contract` crate (message types, schemas,
+//!   names), which the harness shares; nothing of this crate is visible to the harness.
 //! - [`amqp`]: connecting with backoff, publishing with confirms, dead-lettering with a reason.
 //! - [`dsp`]: PCM decoding, feature extraction (rustfft) and signal generators.
 //! - [`sensor`], [`algorithm_a`], [`algorithm_b`], [`data_writer`], [`rest_api`]: the components.
@@ -17,7 +16,8 @@ pub mod algorithm_b;
 pub mod amqp;
 pub mod cli;
 pub mod config;
-pub mod contract;
+/// The shared contract crate's message types, under the name the components use.
+pub use ::contract::messages as contract;
 pub mod data_writer;
 pub mod db;
 pub mod dsp;
@@ -25,4 +25,4 @@ pub mod rest_api;
 pub mod runtime;
 pub mod sensor;
 pub mod telemetry;
-pub mod topology;
+pub use ::contract::topology;

@@ -101,3 +101,41 @@ mod design_sync {
         assert!(dangling.is_empty(), "design.md names feature files that do not exist: {dangling:?}");
     }
 }
+
+#[cfg(test)]
+mod tags {
+    use std::path::PathBuf;
+
+    /// A scenario that seeds rows writes to the database: it must carry `@writes-db`, or the
+    /// external profile would run it against a deployment (and fail on the read-only session).
+    #[test]
+    fn scenarios_that_seed_rows_are_tagged_writes_db() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
+        let mut untagged = Vec::new();
+        let mut seeding = 0;
+        for entry in std::fs::read_dir(root.join("features")).expect("features/") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "feature") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("feature file");
+            let lines: Vec<&str> = text.lines().collect();
+            let feature_tagged =
+                lines.iter().take_while(|l| !l.trim_start().starts_with("Feature:")).any(|l| l.contains("@writes-db"));
+            let starts: Vec<usize> =
+                (0..lines.len()).filter(|&i| lines[i].trim_start().starts_with("Scenario")).collect();
+            for (k, &start) in starts.iter().enumerate() {
+                let end = starts.get(k + 1).copied().unwrap_or(lines.len());
+                let seeds =
+                    lines[start..end].iter().any(|l| l.contains(" stored Feature ") && l.contains(" rows for sensor "));
+                let tagged = feature_tagged || (start > 0 && lines[start - 1].contains("@writes-db"));
+                seeding += seeds as usize;
+                if seeds && !tagged {
+                    untagged.push(format!("{}:{}: {}", path.display(), start + 1, lines[start].trim()));
+                }
+            }
+        }
+        assert!(seeding >= 3, "found only {seeding} seeding scenarios; is the parser broken?");
+        assert!(untagged.is_empty(), "scenarios that seed rows without @writes-db:\n{}", untagged.join("\n"));
+    }
+}

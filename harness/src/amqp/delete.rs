@@ -1,7 +1,7 @@
 //! Removing what a run declared on a shared broker.
 
+use contract::topology::Names;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-use services::topology::Names;
 
 /// Deletes every queue and exchange of `names` (errors are ignored: some may never have existed).
 pub async fn delete_namespace(conn: &lapin::Connection, names: &Names) {

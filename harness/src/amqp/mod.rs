@@ -6,7 +6,7 @@ mod delete;
 mod publish;
 mod tap;
 
-pub use connect::{connect, ensure_queue};
+pub use connect::{Topology, connect, ensure_queue};
 pub use delete::delete_namespace;
 pub use publish::{Publisher, RawMessage};
 pub use tap::{Captured, Source, Tap};

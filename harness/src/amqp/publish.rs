@@ -2,10 +2,10 @@
 //! chosen headers), always with publisher confirms: a message is "published" once confirmed.
 
 use anyhow::Context;
+use contract::topology::Names;
+use contract::{AudioChunk, HEADER_SCHEMA, HEADER_SENSOR_ID, MessageKind};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
-use services::contract::{AudioChunk, HEADER_SCHEMA, HEADER_SENSOR_ID, MessageKind};
-use services::topology::Names;
 
 /// A confirm-mode channel bound to one pipeline's names.
 #[derive(Clone)]
@@ -29,23 +29,27 @@ pub struct RawMessage {
 }
 
 impl Publisher {
-    pub async fn new(conn: &lapin::Connection, names: Names) -> anyhow::Result<Self> {
-        for queue in [names.audio_stream(), names.audio_stream_dlq()] {
-            super::ensure_queue(conn, &queue).await?.close(200, "checked".into()).await.ok();
+    pub async fn new(conn: &lapin::Connection, names: Names, topology: super::Topology) -> anyhow::Result<Self> {
+        if topology == super::Topology::Owned {
+            let ch = contract::amqp::confirm_channel(conn).await?;
+            contract::topology::audio_stream(&ch, &names).await.context("declaring the work queue and its DLQ")?;
+            ch.close(200, "declared".into()).await.ok();
+        } else {
+            super::ensure_queue(conn, &names.audio_stream(), topology).await?.close(200, "checked".into()).await.ok();
         }
-        let channel = services::amqp::confirm_channel(conn).await.context("opening a confirm channel")?;
+        let channel = contract::amqp::confirm_channel(conn).await.context("opening a confirm channel")?;
         Ok(Self { channel, names })
     }
 
     /// Publishes a valid chunk to the work queue.
     pub async fn chunk(&self, chunk: &AudioChunk) -> anyhow::Result<()> {
         let body = serde_json::to_vec(chunk)?;
-        let props = services::amqp::json_properties(
+        let props = contract::amqp::json_properties(
             &chunk.message_id.to_string(),
             MessageKind::AudioChunk.schema_header(),
             &chunk.sensor_id,
         );
-        services::amqp::publish_confirmed(&self.channel, "", &self.names.audio_stream(), &body, props)
+        contract::amqp::publish_confirmed(&self.channel, "", &self.names.audio_stream(), &body, props)
             .await
             .with_context(|| format!("publishing chunk {} of {}", chunk.sequence, chunk.sensor_id))
     }
@@ -71,7 +75,7 @@ impl Publisher {
             props = props.with_message_id(id.as_str().into());
         }
         props = props.with_content_type(msg.content_type.as_deref().unwrap_or("application/json").into());
-        services::amqp::publish_confirmed(&self.channel, exchange, routing_key, &msg.body, props)
+        contract::amqp::publish_confirmed(&self.channel, exchange, routing_key, &msg.body, props)
             .await
             .with_context(|| format!("publishing {} raw bytes to {exchange:?}/{routing_key:?}", msg.body.len()))
     }

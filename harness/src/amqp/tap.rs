@@ -4,13 +4,16 @@
 //! within a window. Feature messages are validated against the contract schemas on arrival, so a
 //! violation is on record even if no step looks at that message.
 
+use super::Topology;
+use anyhow::Context as _;
 use anyhow::bail;
+use contract::MessageKind;
+use contract::topology::Names;
 use futures::StreamExt;
-use lapin::options::BasicConsumeOptions;
+use lapin::ExchangeKind;
+use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
-use services::contract::MessageKind;
-use services::topology::{self, Names};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,7 +55,7 @@ impl Captured {
             .as_ref()
             .and_then(|j| j.get("sensor_id"))
             .and_then(Value::as_str)
-            .or_else(|| self.headers.get(services::contract::HEADER_SENSOR_ID).map(String::as_str))
+            .or_else(|| self.headers.get(contract::HEADER_SENSOR_ID).map(String::as_str))
     }
     pub fn field(&self, pointer: &str) -> Option<&Value> {
         self.json.as_ref()?.pointer(pointer)
@@ -62,8 +65,7 @@ impl Captured {
     }
     /// One line for diagnostics.
     pub fn summary(&self) -> String {
-        let reason =
-            self.headers.get(services::contract::HEADER_DLQ_REASON).map(|r| format!(" reason={r}")).unwrap_or_default();
+        let reason = self.headers.get(contract::HEADER_DLQ_REASON).map(|r| format!(" reason={r}")).unwrap_or_default();
         let body = match &self.json {
             Some(j) => {
                 let mut s = j.to_string();
@@ -97,26 +99,27 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Binds the fanout taps and starts consuming the DLQs; returns once all consumers are live,
-    /// so anything published afterwards is captured.
-    pub async fn start(amqp_url: &str, names: &Names) -> anyhow::Result<Tap> {
+    /// Binds a queue of the tap's own (exclusive, auto-delete) to each fanout and one to the
+    /// dead-letter exchange under every DLQ's name; returns once all consumers are live, so
+    /// anything published afterwards is captured. Nothing is taken from the pipeline's queues:
+    /// the broker routes a copy of every feature message and every dead letter to the tap, and
+    /// the DLQs keep theirs. In a [`Topology::Deployed`] namespace the exchanges are only
+    /// checked passively.
+    pub async fn start(amqp_url: &str, names: &Names, topology: Topology) -> anyhow::Result<Tap> {
         let conn = super::connect(amqp_url, "qa-tap").await?;
         let inner = Arc::new(Inner { messages: Mutex::new(Vec::new()), notify: Notify::new(), names: names.clone() });
-        for (exchange, source) in [(names.features_a(), Source::FeatureA), (names.features_b(), Source::FeatureB)] {
-            let ch = conn.create_channel().await?;
-            let queue = topology::private_fanout_queue(&ch, &exchange).await?;
-            spawn_consumer(ch, queue.as_str().to_string(), source, inner.clone()).await?;
-        }
-        let dlqs = [
-            names.audio_stream_dlq(),
-            Names::dlq_of(&names.algorithm_b_queue()),
-            Names::dlq_of(&names.writer_queue_a()),
-            Names::dlq_of(&names.writer_queue_b()),
-            names.rest_api_dlq(),
+        let dead_letters = names.dead_letters();
+        let observed = [
+            (names.features_a(), ExchangeKind::Fanout, vec![String::new()], Some(Source::FeatureA)),
+            (names.features_b(), ExchangeKind::Fanout, vec![String::new()], Some(Source::FeatureB)),
+            (dead_letters, ExchangeKind::Direct, names.all_dlqs(), None),
         ];
-        for dlq in dlqs {
-            let ch = super::ensure_queue(&conn, &dlq).await?;
-            spawn_consumer(ch, dlq.clone(), Source::Dlq(dlq), inner.clone()).await?;
+        for (exchange, kind, keys, source) in observed {
+            let ch = conn.create_channel().await?;
+            let queue = observer_queue(&ch, &exchange, kind, &keys, topology)
+                .await
+                .with_context(|| format!("tapping exchange {exchange:?}"))?;
+            spawn_consumer(ch, queue, source, inner.clone()).await?;
         }
         Ok(Tap { inner, _conn: Arc::new(conn) })
     }
@@ -220,13 +223,46 @@ impl Tap {
     }
 }
 
-async fn spawn_consumer(ch: lapin::Channel, queue: String, source: Source, inner: Arc<Inner>) -> anyhow::Result<()> {
+/// The tap's own exclusive queue on `exchange`, bound under each of `keys`. An owned namespace
+/// gets the exchange declared the contract's way; a deployment's must already have it.
+async fn observer_queue(
+    ch: &lapin::Channel,
+    exchange: &str,
+    kind: ExchangeKind,
+    keys: &[String],
+    topology: Topology,
+) -> anyhow::Result<String> {
+    let opts = ExchangeDeclareOptions { durable: true, passive: topology == Topology::Deployed, ..Default::default() };
+    ch.exchange_declare(exchange.into(), kind, opts, FieldTable::default()).await.with_context(|| {
+        if topology == Topology::Deployed {
+            format!("the deployment has no exchange {exchange:?} (contract 1.1 names it)")
+        } else {
+            format!("declaring exchange {exchange:?}")
+        }
+    })?;
+    let own = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    let queue = ch.queue_declare("".into(), own, FieldTable::default()).await?.name().to_string();
+    for key in keys {
+        let bind = QueueBindOptions::default();
+        ch.queue_bind(queue.as_str().into(), exchange.into(), key.as_str().into(), bind, FieldTable::default()).await?;
+    }
+    Ok(queue)
+}
+
+/// Consumes the tap's own queue; `source` None means "a dead letter: the routing key names its DLQ".
+async fn spawn_consumer(
+    ch: lapin::Channel,
+    queue: String,
+    source: Option<Source>,
+    inner: Arc<Inner>,
+) -> anyhow::Result<()> {
     let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
     let mut consumer = ch.basic_consume(queue.as_str().into(), "".into(), opts, FieldTable::default()).await?;
     tokio::spawn(async move {
         // The channel must live as long as the consumer.
         let _ch = ch;
         while let Some(Ok(delivery)) = consumer.next().await {
+            let source = source.clone().unwrap_or_else(|| Source::Dlq(delivery.routing_key.to_string()));
             let captured = capture(&source, &delivery);
             inner.messages.lock().expect("tap lock").push(captured);
             inner.notify.notify_waiters();

@@ -2,7 +2,7 @@
 //! on both feature fanouts feed an in-memory map of the newest message per (sensor, type). The
 //! consumer reconnects on its own (supervise); the API keeps serving what it has meanwhile.
 
-use crate::amqp::copy_to_dead_letter;
+use crate::amqp::{DeadLetters, copy_to_dead_letter};
 use crate::config::Settings;
 use crate::contract::{self, AnyFeature, FeatureA, FeatureB, FeatureType, Rejection};
 use crate::runtime::{Health, ServiceError, SessionEnd, supervise};
@@ -87,7 +87,7 @@ pub async fn run(
             (&settings, &names, &instance, &cache, &health, &shutdown);
         async move {
             let ch = crate::amqp::confirm_channel(&conn).await?;
-            topology::durable_queue(&ch, &names.rest_api_dlq()).await?;
+            topology::dead_letter_queue(&ch, names, &names.rest_api_dlq()).await?;
             let mut streams = Vec::new();
             for (feature_type, exchange) in [(FeatureType::A, names.features_a()), (FeatureType::B, names.features_b())]
             {
@@ -122,7 +122,7 @@ pub async fn run(
                                 cache.offer(&feature, Bytes::copy_from_slice(&delivery.data));
                             }
                             Err(rejection) => {
-                                copy_to_dead_letter(&ch, &delivery, &names.rest_api_dlq(), &queue, instance, &rejection).await?;
+                                copy_to_dead_letter(&ch, &delivery, &DeadLetters::new(names, &names.rest_api_dlq(), &queue, instance), &rejection).await?;
                             }
                         }
                     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The OpenAPI document, served byte for byte as it is in the repository.
-pub const OPENAPI: &str = include_str!("../../../fixtures/contracts/openapi.json");
+pub use contract::OPENAPI;
 
 /// Upper bound on any one request's database work (pool checkout included).
 const DB_TIMEOUT: Duration = Duration::from_secs(5);

@@ -21,6 +21,8 @@ pub struct Scratch {
     pub db_name: String,
     /// `apq-test-<uuid>`.
     pub namespace: String,
+    /// The broker the components use (the shared one unless a test points it elsewhere).
+    pub amqp_url: String,
     /// Set once cleaned up, so `Drop` does nothing.
     cleaned: bool,
 }
@@ -32,7 +34,7 @@ impl Scratch {
         let admin = admin().await;
         // Identifiers cannot be bound as parameters; the name is hex digits and a fixed prefix.
         admin.batch_execute(&format!("CREATE DATABASE {db_name}")).await.unwrap();
-        Scratch { db_name, namespace: format!("apq-test-{id}"), cleaned: false }
+        Scratch { db_name, namespace: format!("apq-test-{id}"), amqp_url: AMQP_URL.into(), cleaned: false }
     }
 
     pub fn db_url(&self) -> String {
@@ -46,7 +48,7 @@ impl Scratch {
     /// Settings pointing at this scratch database and namespace, with quick reconnects.
     pub fn settings(&self) -> Settings {
         let mut s = Settings::default();
-        s.amqp.url = AMQP_URL.into();
+        s.amqp.url = self.amqp_url.clone();
         s.amqp.namespace = self.namespace.clone();
         s.amqp.reconnect_min_ms = 50;
         s.amqp.reconnect_max_ms = 500;

@@ -2,9 +2,13 @@
 //!
 //! Starts (local profile) or connects to (external profile) the system under test, runs
 //! `features/` concurrently, writes console + JUnit + Cucumber JSON + failure bundles + lineage to
-//! `reports/`, then prints `N passed, N failed` for the scenarios and tears everything down.
-//! Undefined or skipped steps fail the run. In the external profile, scenarios tagged
-//! `@needs-sut-control` are filtered out with a printed reason.
+//! `reports/runs/<run id>/` (and points `reports/latest` at it), then prints `N passed, N failed`
+//! for the scenarios and tears everything down. Undefined or skipped steps fail the run. In the
+//! external profile, scenarios tagged `@needs-sut-control` (no adapter there) and, unless
+//! `QA_EXTERNAL_WRITES_DB` is set, `@writes-db` are filtered out with a printed reason.
+//!
+//! Every location is found at run time (`harness::paths`): the checkout from the working
+//! directory or `QA_ROOT`, the features from `QA_FEATURES`, the reports from `QA_REPORT_DIR`.
 
 mod params;
 mod steps;
@@ -23,38 +27,43 @@ use world::{ENV, World};
 
 static PASSED: AtomicUsize = AtomicUsize::new(0);
 static FAILED: AtomicUsize = AtomicUsize::new(0);
-static FILTERED: AtomicUsize = AtomicUsize::new(0);
+static FILTERED_CONTROL: AtomicUsize = AtomicUsize::new(0);
+static FILTERED_WRITES: AtomicUsize = AtomicUsize::new(0);
+static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
+/// The checkout being tested (found at run time).
 fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("steps/ lives in the workspace").to_path_buf()
+    ROOT.get().cloned().expect("the root is resolved before any step runs")
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let started = std::time::Instant::now();
-    let root = workspace_root();
-    let mut config = match Config::load() {
+    let (root, mut config) = match harness::paths::project_root().and_then(|r| Ok((r, Config::load()?))) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("harness configuration error: {e:#}");
             return ExitCode::from(2);
         }
     };
-    if config.report_dir.is_relative() {
-        config.report_dir = root.join(&config.report_dir);
-    }
-    config.services_bin.get_or_insert_with(|| PathBuf::from(env!("CARGO_BIN_EXE_sut-pipeline")));
-    let report_dir = config.report_dir.clone();
+    ROOT.set(root.clone()).expect("root set once");
+    let run_id = harness::paths::new_run_id();
+    let report_dir = match harness::paths::run_report_dir(&config.report_dir, &run_id) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("harness: cannot write reports: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    config.report_dir = report_dir.clone();
     let cucumber_dir = report_dir.join("cucumber");
-    // Bundles and lineage of an earlier run would be mistaken for this run's.
-    for stale in ["failures", "lineage", "sut-logs"] {
-        let _ = std::fs::remove_dir_all(report_dir.join(stale));
-    }
-    std::fs::create_dir_all(&cucumber_dir).expect("create reports/cucumber");
+    std::fs::create_dir_all(&cucumber_dir).expect("create the run's cucumber report folder");
+    let features = harness::paths::features(&root);
+    let writes_db = config.external_writes_db;
 
     let profile = config.profile;
     eprintln!("harness: profile {profile:?}; starting the environment …");
-    let env = match Env::start(config).await {
+    let env = match Env::start(config, run_id).await {
         Ok(e) => Arc::new(e),
         Err(e) => {
             eprintln!("harness: could not start the environment: {e:#}");
@@ -95,10 +104,14 @@ async fn main() -> ExitCode {
                 .normalized(),
         )
         .fail_on_skipped()
-        .filter_run(root.join("features"), move |feature, _rule, scenario| {
-            let needs_control = feature.tags.iter().chain(scenario.tags.iter()).any(|t| t == "needs-sut-control");
-            if external && needs_control {
-                FILTERED.fetch_add(1, Ordering::SeqCst);
+        .filter_run(features, move |feature, _rule, scenario| {
+            let tagged = |tag: &str| feature.tags.iter().chain(scenario.tags.iter()).any(|t| t == tag);
+            if external && tagged("needs-sut-control") {
+                FILTERED_CONTROL.fetch_add(1, Ordering::SeqCst);
+                return false;
+            }
+            if external && !writes_db && tagged("writes-db") {
+                FILTERED_WRITES.fetch_add(1, Ordering::SeqCst);
                 return false;
             }
             true
@@ -108,10 +121,16 @@ async fn main() -> ExitCode {
     use cucumber::writer::Stats as _;
     let parse_errors = writer.parsing_errors();
     env.shutdown().await;
-    if FILTERED.load(Ordering::SeqCst) > 0 {
+    let (filtered_control, filtered_writes) =
+        (FILTERED_CONTROL.load(Ordering::SeqCst), FILTERED_WRITES.load(Ordering::SeqCst));
+    if filtered_control > 0 {
         println!(
-            "skipped {} scenario(s) tagged @needs-sut-control: the external profile cannot start, kill or scale the deployment's processes",
-            FILTERED.load(Ordering::SeqCst)
+            "skipped {filtered_control} scenario(s) tagged @needs-sut-control: the external profile cannot start, kill or scale the deployment's processes (run them with the local profile and QA_SUT_COMMAND=<your adapter>)"
+        );
+    }
+    if filtered_writes > 0 {
+        println!(
+            "skipped {filtered_writes} scenario(s) tagged @writes-db: they INSERT seed rows into the deployment's database (set QA_EXTERNAL_WRITES_DB=1 to allow it)"
         );
     }
     match harness::report::write_convergence(&report_dir) {
@@ -120,7 +139,7 @@ async fn main() -> ExitCode {
     }
     let passed = PASSED.load(Ordering::SeqCst);
     let failed = FAILED.load(Ordering::SeqCst) + parse_errors;
-    write_summary(&cucumber_dir, passed, failed, FILTERED.load(Ordering::SeqCst), started);
+    write_summary(&cucumber_dir, passed, failed, filtered_control + filtered_writes, started);
     println!("reports: {}", cucumber_dir.display());
     println!("behaviour suite wall time: {:.1}s", started.elapsed().as_secs_f64());
     println!("scenarios: {passed} passed, {failed} failed");
@@ -138,7 +157,7 @@ pub fn count(finished: &ScenarioFinished, extra_failure: bool) {
 
 fn write_summary(dir: &std::path::Path, passed: usize, failed: usize, filtered: usize, started: std::time::Instant) {
     let summary = serde_json::json!({
-        "passed": passed, "failed": failed, "filtered_needs_sut_control": filtered,
+        "passed": passed, "failed": failed, "filtered": filtered,
         "wall_time_secs": started.elapsed().as_secs_f64(),
     });
     let _ = std::fs::write(dir.join("summary.json"), serde_json::to_vec_pretty(&summary).unwrap_or_default());

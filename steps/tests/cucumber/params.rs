@@ -1,7 +1,7 @@
 //! Typed step parameters: signals, feature types, components, durations, malformations.
 
 use cucumber::Parameter;
-use services::dsp::Signal;
+use harness::signal::Signal;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ impl FromStr for SignalParam {
 /// `A` or `B`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Parameter)]
 #[param(name = "type", regex = "[AB]")]
-pub struct FeatureTypeParam(pub services::contract::FeatureType);
+pub struct FeatureTypeParam(pub contract::FeatureType);
 
 impl FromStr for FeatureTypeParam {
     type Err = String;
@@ -49,8 +49,8 @@ impl FeatureTypeParam {
     }
     pub fn source(self) -> harness::amqp::Source {
         match self.0 {
-            services::contract::FeatureType::A => harness::amqp::Source::FeatureA,
-            services::contract::FeatureType::B => harness::amqp::Source::FeatureB,
+            contract::FeatureType::A => harness::amqp::Source::FeatureA,
+            contract::FeatureType::B => harness::amqp::Source::FeatureB,
         }
     }
 }

@@ -4,14 +4,14 @@
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use contract::{AudioChunk, Encoding};
 use harness::amqp::{Captured, Source};
 use harness::api::{ApiClient, Response};
 use harness::env::{Env, Pipeline};
 use harness::ledger::{Ledger, Published};
 use harness::namespace::ScenarioNamespace;
+use harness::signal::Signal;
 use harness::sql::FeatureRow;
-use services::contract::{AudioChunk, Encoding};
-use services::dsp::Signal;
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};

@@ -3,10 +3,10 @@
 use crate::params::{Malformation, SignalParam};
 use crate::world::{ChunkShape, World};
 use base64::Engine as _;
+use contract::{AudioChunk, Encoding};
 use cucumber::when;
 use harness::amqp::RawMessage;
-use services::contract::{AudioChunk, Encoding};
-use services::dsp::Signal;
+use harness::signal::Signal;
 
 #[when(expr = "sensor {string} publishes {int} chunk(s) of {signal}")]
 async fn publish_n(w: &mut World, sensor: String, n: usize, signal: SignalParam) -> anyhow::Result<()> {
@@ -35,7 +35,7 @@ async fn publish_s16(w: &mut World, sensor: String, signal: SignalParam) -> anyh
 async fn publish_wav(w: &mut World, sensor: String, fixture: String) -> anyhow::Result<()> {
     let path = crate::workspace_root().join("fixtures/audio").join(&fixture);
     let (samples, rate, channels) =
-        services::dsp::read_wav(&path).map_err(|e| anyhow::anyhow!("reading WAV fixture {}: {e}", path.display()))?;
+        harness::signal::read_wav(&path).map_err(|e| anyhow::anyhow!("reading WAV fixture {}: {e}", path.display()))?;
     let frames_per_chunk = (rate / 10) as usize * channels as usize;
     let sensor_id = w.sensor(&sensor);
     for part in samples.chunks(frames_per_chunk) {
@@ -149,7 +149,7 @@ async fn publish_extra_field(w: &mut World, sensor: String, field: String) -> an
 async fn publish_feature_missing_field(w: &mut World, sensor: String, field: String) -> anyhow::Result<()> {
     let sensor_id = w.sensor(&sensor);
     let chunk = AudioChunk::from_samples(&sensor_id, 0, w.t0, 16_000, 1, Encoding::PcmF32le, &[0.1, 0.2, 0.3, 0.4]);
-    let a = services::algorithm_a::process(&chunk, "qa-producer").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let a = harness::signal::feature_a_for(&chunk, "qa-producer", chrono::Utc::now())?;
     let mut v = serde_json::to_value(&a)?;
     let removed = v.as_object_mut().expect("object").remove(&field);
     anyhow::ensure!(removed.is_some(), "Feature A has no field {field:?} to remove");
@@ -173,7 +173,7 @@ async fn publish_feature_twice(w: &mut World, sensor: String) -> anyhow::Result<
     let sensor_id = w.sensor(&sensor);
     let samples = Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600);
     let chunk = AudioChunk::from_samples(&sensor_id, 0, w.t0, 16_000, 1, Encoding::PcmF32le, &samples);
-    let a = services::algorithm_a::process(&chunk, "qa-producer").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let a = harness::signal::feature_a_for(&chunk, "qa-producer", chrono::Utc::now())?;
     let msg = RawMessage {
         body: serde_json::to_vec(&a)?,
         message_id: Some(a.message_id.to_string()),

@@ -127,6 +127,10 @@ async fn seed_rows(
     every: DurationParam,
     start: String,
 ) -> anyhow::Result<()> {
+    ensure!(
+        w.env.may_write_db(),
+        "this step INSERTs rows into the deployment's database: tag the scenario @writes-db (skipped there unless QA_EXTERNAL_WRITES_DB=1)"
+    );
     let start = chrono::DateTime::parse_from_rfc3339(&start)
         .with_context(|| format!("start time {start:?}"))?
         .with_timezone(&chrono::Utc);

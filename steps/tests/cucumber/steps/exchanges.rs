@@ -129,14 +129,14 @@ async fn dead_lettered(w: &mut World, sensor: String, dlq: String, reason: Strin
         )
         .await?;
     let m = &found[0];
-    let got = m.headers.get(services::contract::HEADER_DLQ_REASON).map(String::as_str).unwrap_or("<no reason header>");
+    let got = m.headers.get(contract::HEADER_DLQ_REASON).map(String::as_str).unwrap_or("<no reason header>");
     ensure!(
         got == reason,
         "expected DLQ reason {reason:?}, got {got:?}; detail: {:?}",
-        m.headers.get(services::contract::HEADER_DLQ_DETAIL)
+        m.headers.get(contract::HEADER_DLQ_DETAIL)
     );
     ensure!(
-        m.headers.get(services::contract::HEADER_DLQ_DETAIL).is_some_and(|d| !d.is_empty()),
+        m.headers.get(contract::HEADER_DLQ_DETAIL).is_some_and(|d| !d.is_empty()),
         "the dead letter has no human-readable detail header"
     );
     Ok(())

@@ -53,7 +53,9 @@ pub async fn after_scenario(
             }
             Err(e) => eprintln!("  could not write the failure bundle: {e:#}"),
         }
-    } else if let Err(e) = world.env.db.delete_sensor_prefix(&world.ns.prefix).await {
+    } else if world.env.may_write_db()
+        && let Err(e) = world.env.db.delete_sensor_prefix(&world.ns.prefix).await
+    {
         eprintln!("  clean-up of {} failed: {e:#}", world.ns.prefix);
     }
     if let Some(p) = world.private.take() {

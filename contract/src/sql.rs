@@ -1,0 +1,19 @@
+//! The `features` table, as ordered migrations. Implementations may create it their own way, but
+//! its columns, constraints and the idempotency key (`message_id` UNIQUE) are the contract.
+
+/// One schema migration: applied once, in `version` order.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Monotonic version recorded in `schema_migrations`.
+    pub version: i32,
+    /// The file it comes from (for logs).
+    pub name: &'static str,
+    /// The SQL, run in one transaction.
+    pub sql: &'static str,
+}
+
+pub const MIGRATIONS: &[Migration] =
+    &[Migration { version: 1, name: "0001_features.sql", sql: include_str!("../../fixtures/sql/0001_features.sql") }];
+
+/// The table every implementation writes features to and the API reads from.
+pub const FEATURES_TABLE: &str = "features";

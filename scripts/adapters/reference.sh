@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Example SUT adapter (fixtures/contracts/adapter.md, protocol version 1) for the reference
+# implementation. A template for teams wrapping their own: keep the checks, replace the last line
+# with one `exec` per component, e.g.
+#   case "$component" in data-writer) exec java -jar my-writer.jar ;; … esac
+# Always `exec`: the harness sends SIGTERM/SIGKILL to the process it started, so that process must
+# be the component itself, not a shell waiting for it.
+# REFERENCE_PIPELINE_BIN (absolute path of services' `pipeline` binary) is this adapter's own
+# setting, not part of the protocol. Usage:
+#   REFERENCE_PIPELINE_BIN=$PWD/target/debug/pipeline QA_SUT_COMMAND=$PWD/scripts/adapters/reference.sh \
+#     cargo test -p steps --test cucumber -- --tags @needs-sut-control
+set -euo pipefail
+
+die() { printf 'reference adapter: %s\n' "$*" >&2; exit 64; }
+
+component="${1-}"
+case "$component" in
+  algorithm-a | algorithm-b | data-writer | rest-api | sensor) ;;
+  *) die "unknown component '$component' (expected algorithm-a, algorithm-b, data-writer, rest-api or sensor)" ;;
+esac
+# Empty counts as missing: an empty namespace would consume the un-namespaced (real) queues.
+for var in APQ_AMQP_URL APQ_NAMESPACE APQ_INSTANCE_ID; do
+  [ -n "${!var-}" ] || die "required variable $var is not set (the harness passes it)"
+done
+bin="${REFERENCE_PIPELINE_BIN-}"
+[ -n "$bin" ] || die "REFERENCE_PIPELINE_BIN is not set (e.g. \$PWD/target/debug/pipeline after cargo build -p services)"
+if [ ! -f "$bin" ] || [ ! -x "$bin" ]; then
+  die "REFERENCE_PIPELINE_BIN=$bin is not an executable file"
+fi
+exec "$bin" "$component"
