@@ -33,6 +33,7 @@ Feature: The REST API authenticates, rate-limits and resists injection
     When I call GET "/v1/features?sensor_id={sensor}" with authorization "none"
     Then the response carries the security headers
 
+  @writes-db
   Scenario Outline: Injection in <param> never errors and never leaks another sensor's data
     Given 3 stored Feature A rows for sensor "victim" captured every 1 s from "2026-01-01T00:00:00Z"
     When I ask the API for the history of sensor "x" with <param> "<payload>"

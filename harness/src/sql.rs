@@ -283,6 +283,17 @@ impl Db {
         Ok(row.try_get(0)?)
     }
 
+    /// Rows whose sensor id does not start with `prefix` (taken literally): what a run must
+    /// leave untouched in a deployment's table.
+    pub async fn count_outside_sensor_prefix(&self, prefix: &str) -> anyhow::Result<i64> {
+        let row = self
+            .client
+            .query_one("SELECT count(*) FROM features WHERE sensor_id NOT LIKE $1 ESCAPE '\\'", &[&like_prefix(prefix)])
+            .await
+            .with_context(|| format!("counting rows of sensors other than {prefix:?}*"))?;
+        Ok(row.try_get(0)?)
+    }
+
     /// (written_at, rows) per distinct `written_at` of sensors starting with `prefix`, oldest
     /// first. `written_at` defaults to the transaction's start, so each value is one writer batch.
     pub async fn batches_for_sensor_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(DateTime<Utc>, i64)>> {

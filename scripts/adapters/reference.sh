@@ -27,4 +27,6 @@ bin="${REFERENCE_PIPELINE_BIN-}"
 if [ ! -f "$bin" ] || [ ! -x "$bin" ]; then
   die "REFERENCE_PIPELINE_BIN=$bin is not an executable file"
 fi
+# One line in the component's log, so a run can tell it went through this adapter.
+printf 'reference adapter: starting %s as %s\n' "$component" "$APQ_INSTANCE_ID" >&2
 exec "$bin" "$component"

@@ -126,8 +126,11 @@ mod tags {
                 (0..lines.len()).filter(|&i| lines[i].trim_start().starts_with("Scenario")).collect();
             for (k, &start) in starts.iter().enumerate() {
                 let end = starts.get(k + 1).copied().unwrap_or(lines.len());
-                let seeds =
-                    lines[start..end].iter().any(|l| l.contains(" stored Feature ") && l.contains(" rows for sensor "));
+                // The seeding step: `<keyword> <n> stored Feature <type> rows for sensor …`.
+                let seeds = lines[start..end].iter().any(|l| {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    w.len() > 3 && w[1].parse::<u32>().is_ok() && w[2] == "stored" && w[3] == "Feature"
+                });
                 let tagged = feature_tagged || (start > 0 && lines[start - 1].contains("@writes-db"));
                 seeding += seeds as usize;
                 if seeds && !tagged {
