@@ -10,8 +10,8 @@ mkdir -p reports
 status=0
 cargo test -p steps --test cucumber -- "$@" 2>&1 | tee reports/cucumber.log || status=$?
 echo
-echo "reports:"
-echo "  reports/cucumber/junit.xml, reports/cucumber/cucumber.json, reports/cucumber/summary.json"
-echo "  reports/lineage/*.json (per-scenario lineage and reconciliation), reports/convergence.json"
-echo "  reports/failures/<namespace>/ (failure bundles), reports/sut-logs/ (service logs)"
+echo "reports of this run: reports/latest/ (-> reports/runs/<run id>/; earlier runs stay in reports/runs/)"
+echo "  cucumber/junit.xml, cucumber/cucumber.json, cucumber/summary.json"
+echo "  lineage/*.json (per-scenario lineage and reconciliation), convergence.json"
+echo "  failures/<namespace>/ (failure bundles), sut-logs/<namespace>/ (service logs)"
 exit $status

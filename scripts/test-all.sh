@@ -27,16 +27,32 @@ add "$p" "$f"
 echo "cargo tests: $p passed, $f failed"
 
 echo "== behaviour suite (cargo test --test cucumber)"
-rm -f reports/cucumber/summary.json
-cargo test -p steps --test cucumber 2>&1 | tee reports/cucumber.log | tail -n 25
+# This run's reports: reports/bdd/runs/<run id>/, with reports/bdd/latest pointing at them.
+rm -f reports/bdd/latest
+QA_REPORT_DIR=reports/bdd cargo test -p steps --test cucumber 2>&1 | tee reports/cucumber.log | tail -n 25
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
-if [ -f reports/cucumber/summary.json ]; then
-  read -r p f < <(python3 -c 'import json,sys; d=json.load(open("reports/cucumber/summary.json")); print(d["passed"], d["failed"])')
+if [ -f reports/bdd/latest/cucumber/summary.json ]; then
+  read -r p f < <(python3 -c 'import json,sys; d=json.load(open("reports/bdd/latest/cucumber/summary.json")); print(d["passed"], d["failed"])')
 else
   p=0; f=1; echo "behaviour suite wrote no summary (it did not run to the end)"
 fi
 add "$p" "$f"
 echo "behaviour suite: $p scenarios passed, $f failed"
+
+# Scripted checks, each ending with `<name>: N passed, M failed`.
+scripted() { # name script
+  local name=$1 script=$2 p f
+  "$script" 2>&1 | tee "reports/$name.log" | tail -n 12
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  read -r p f < <(sed -n "s/^$name: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p" "reports/$name.log" | tail -n 1)
+  add "${p:-0}" "${f:-1}"
+}
+echo "== SUT adapter protocol: every @needs-sut-control scenario through scripts/adapters/reference.sh"
+scripted adapter-check scripts/adapter-check.sh
+echo "== external profile against a hand-started deployment: its dead letters and rows survive the run"
+scripted external-check scripts/external-check.sh
+echo "== two clones sharing one target directory, run at once: own features, own reports"
+scripted two-clones scripts/two-clones-check.sh
 
 echo "== load smoke (goose REST + AMQP pipeline gates, floor SLA profile, seconds)"
 scripts/load-smoke.sh 2>&1 | tee reports/load-smoke.log | tail -n 20

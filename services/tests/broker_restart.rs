@@ -33,7 +33,7 @@ async fn sequences(db: &tokio_postgres::Client, sensor: &str, feature_type: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_chunk_is_lost_across_a_broker_restart() {
-    let (Ok(node), Ok(url)) = (std::env::var("APQ_PRIVATE_RABBITMQ_NODE"), std::env::var("APQ_PRIVATE_AMQP_URL"))
+    let (Ok(node_name), Ok(url)) = (std::env::var("APQ_PRIVATE_RABBITMQ_NODE"), std::env::var("APQ_PRIVATE_AMQP_URL"))
     else {
         eprintln!(
             "skipped: restarting a broker needs a private node (APQ_PRIVATE_RABBITMQ_NODE + APQ_PRIVATE_AMQP_URL); \
@@ -72,8 +72,8 @@ async fn no_chunk_is_lost_across_a_broker_restart() {
 
     // Not a synchronisation: the restart must land mid-stream, i.e. after some chunks (150/s).
     tokio::time::sleep(Duration::from_millis(700)).await;
-    rabbitmqctl(&node, "stop_app").await;
-    rabbitmqctl(&node, "start_app").await;
+    rabbitmqctl(&node_name, "stop_app").await;
+    rabbitmqctl(&node_name, "start_app").await;
 
     let report = tokio::time::timeout(Duration::from_secs(90), publishing)
         .await

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Two checkouts sharing one target directory, run at the same time, each run their own feature
+# files and write their own reports (paths are resolved at run time, never compiled in). Clone B
+# drops one feature file, so its scenario count tells whose features it ran. Clones HEAD (commit
+# first to check uncommitted work). Ends with `two-clones: N passed, M failed`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+say() { printf 'two-clones: %s\n' "$*"; }
+passed=0; failed=0
+check() { if eval "$2"; then passed=$((passed + 1)); say "ok   $1"; else failed=$((failed + 1)); say "FAIL $1"; fi; }
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+work=$(mktemp -d "${TMPDIR:-/tmp}/apq-two-clones.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+for c in a b; do git clone -q --local "$PWD" "$work/$c" || { echo "two-clones: 0 passed, 1 failed"; exit 1; }; done
+dropped=features/resilience.feature
+dropped_n=$(grep -c '^\s*Scenario' "$work/b/$dropped")
+rm "$work/b/$dropped"
+# Sequential builds into the shared target directory, then concurrent runs.
+for c in a b; do
+  (cd "$work/$c" && CARGO_TARGET_DIR="$target" cargo build -q -p steps --bins --tests) || { echo "two-clones: 0 passed, 1 failed"; exit 1; }
+done
+for c in a b; do
+  (cd "$work/$c" && CARGO_TARGET_DIR="$target" QA_CONCURRENCY=4 cargo test -q -p steps --test cucumber >"$work/$c.log" 2>&1; echo $? >"$work/$c.rc") &
+done
+wait
+summary() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["passed"], d["failed"])' "$work/$1/reports/latest/cucumber/summary.json" 2>/dev/null || echo "0 1"; }
+read -r pa fa < <(summary a); read -r pb fb < <(summary b)
+check "clone A passes ($pa passed, $fa failed)" '[ "$(cat "$work/a.rc")" = 0 ] && [ "$fa" = 0 ] && [ "$pa" -gt 0 ]'
+check "clone B passes ($pb passed, $fb failed)" '[ "$(cat "$work/b.rc")" = 0 ] && [ "$fb" = 0 ] && [ "$pb" -gt 0 ]'
+check "each ran its own features (A - B = $((pa - pb)), the $dropped_n scenarios B dropped)" '[ $((pa - pb)) = "$dropped_n" ]'
+check "each wrote its reports into its own checkout" '[ -d "$work/a/reports/runs" ] && [ -d "$work/b/reports/runs" ] && [ "$(ls "$work/a/reports/runs")" != "$(ls "$work/b/reports/runs")" ]'
+for c in a b; do [ "$(cat "$work/$c.rc")" = 0 ] || { say "clone $c log tail:"; tail -n 30 "$work/$c.log"; }; done
+echo "two-clones: $passed passed, $failed failed"
+[ "$failed" = 0 ]
