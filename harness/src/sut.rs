@@ -295,8 +295,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("b-writer.log"),
-            "2026-01-01T00:00:00Z  INFO services::data_writer: consuming\n\
-             2026-01-01T00:00:01Z  WARN services::runtime: session failed; reconnecting\n",
+            "2026-01-01T00:00:00Z  INFO pipeline::data_writer: consuming\n\
+             2026-01-01T00:00:01Z  WARN pipeline::runtime: session failed; reconnecting\n",
         )
         .unwrap();
         std::fs::write(
