@@ -14,12 +14,16 @@ TAG       ?= latest
 LOAD_SMOKE_ARGS ?=
 LOAD_SLA_ARGS   ?= --gates rest,pipeline --users 50 --increase-rate 10 --run-time 10m
 LOAD_SLA_PROFILE ?= floor
+# `make load-spec LOAD_SPEC_TAGS='@load and @rest'`; `make load-scale LOAD_SCALE_ARGS='--secs 20'`
+LOAD_SPEC_TAGS  ?= @load
+LOAD_SPEC_ARGS  ?=
+LOAD_SCALE_ARGS ?=
 APT_PACKAGES    := build-essential pkg-config git curl ca-certificates python3 python3-venv \
                    rabbitmq-server postgresql postgresql-client
 
 .PHONY: help install infra-up infra-down infra-status run test test-unit bdd bdd-smoke \
         bdd-component bdd-integration bdd-security bdd-contract bdd-chaos coverage lint format \
-        audit load-smoke load-sla load-bench bench live validate-deploy docker-build
+        audit load-smoke load-sla load-spec load-distributed-test load-scale load-bench bench live validate-deploy docker-build
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "; print "Usage: make <target>"} \
@@ -100,6 +104,18 @@ load-smoke: ## CI load smoke: starts its own services, floor gates, small counts
 
 load-sla: ## Full SLA run (REST against API_URL or a started `pipeline live`, plus pipeline gates); exit 99 = SLA breached
 	LOAD_SLA_PROFILE=$(LOAD_SLA_PROFILE) bash scripts/load.sh $(LOAD_SLA_ARGS)
+
+load-spec: ## Gherkin SLA specs (features/sla, @load; release build, private API and pipelines); exit 99 = SLA breached
+	$(CARGO) build --release -q -p services --bin pipeline -p load --bin load
+	target/release/load --services-bin target/release/pipeline spec --tags '$(LOAD_SPEC_TAGS)' $(LOAD_SPEC_ARGS)
+
+load-distributed-test: ## K worker processes on loopback, merged: exactness and loud failure (load/tests/distributed.rs)
+	$(CARGO) build -q -p services --bin pipeline
+	$(CARGO) test -p load --test distributed
+
+load-scale: ## Scaling figure: 1, 2, 4 local workers against one API (release build); achieved rate, merged p99
+	$(CARGO) build --release -q -p services --bin pipeline -p load --bin load
+	target/release/load --services-bin target/release/pipeline scale $(LOAD_SCALE_ARGS)
 
 load-bench: ## Benchmarks: goose vs wrk vs Locust, pipeline vs raw broker, DataWriter vs raw INSERT, REST p99 at half load
 	bash scripts/bench.sh

@@ -5,6 +5,7 @@
 #     limiter gate sees 429s) for the REST gates;
 #   - a private pipeline per run (load-<run>, apq_load_<run>, removed at the end) for the
 #     pipeline gates (load starts those processes itself).
+#   - the Gherkin SLA specs tagged `@load and @smoke` (features/sla), run by `load spec`.
 # Ends with exactly one line `load-smoke: N passed, M failed` (gates); exits non-zero on failure.
 # Reports: reports/load/<timestamp>/. Extra arguments go to `load`.
 set -uo pipefail
@@ -67,4 +68,22 @@ else
 fi
 # A harness error (exit 1) counts as a failure even if every gate written so far passed.
 [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && f=1
+
+# The Gherkin SLA specs tagged @smoke (features/sla): a private reference API with 4 sensors,
+# latest readers in this process and split over 2 worker processes (merged exactly), and a
+# paced run through a private pipeline. Same reports and exit codes as the gate runner.
+say "SLA specs (@load and @smoke) ($(( $(date +%s) - t0 )) s)"
+before="$(newest)"
+target/debug/load --sla floor --workload smoke --services-bin target/debug/pipeline \
+  spec --tags '@load and @smoke' --local-sensors 4 features/sla
+src=$?
+spec_dir="$(newest)"
+if [ -n "$spec_dir" ] && [ "$spec_dir" != "$before" ] && [ -f "${spec_dir}sla-summary.json" ]; then
+  read -r sp sf < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["passed"], d["failed"])' "${spec_dir}sla-summary.json")
+else
+  sp=0; sf=1; say "the specs wrote no summary (exit $src)"
+fi
+[ "$src" -ne 0 ] && [ "$sf" -eq 0 ] && sf=1
+p=$((p + sp)); f=$((f + sf))
+[ "$src" -ne 0 ] && rc=$src
 finish "$p" "$f" "$([ "$rc" -eq 0 ] && echo 0 || echo 1)"

@@ -526,6 +526,91 @@ fn jobs_run_the_suite_and_the_load_runner_against_the_deployment() {
     assert_eq!((cmd.first().copied(), host), (Some("load"), Some("http://rest-api:8000")), "load Job command {cmd:?}");
 }
 
+/// Issue #14: the load Job is an Indexed Job of workers that share users and rate by completion
+/// index, meet in a results database of their own (reachable by them alone) and merge at the end.
+#[test]
+fn load_job_is_an_indexed_distributed_run_with_its_own_results_database() {
+    let objs = k8s_objects();
+    let job = find(&objs, "Job", "load");
+    let spec = at(&job.v, &["spec"]).expect("load Job spec");
+    assert_eq!(s(spec, &["completionMode"]), Some("Indexed"), "load Job: completionMode");
+    let (parallelism, completions) = (i(spec, &["parallelism"]), i(spec, &["completions"]));
+    assert!(parallelism.is_some_and(|p| p > 1), "load Job: expected parallelism > 1, found {parallelism:?}");
+    assert_eq!(parallelism, completions, "load Job: every index runs at once (parallelism = completions)");
+    assert_eq!(i(spec, &["backoffLimit"]), Some(0), "load Job: a failed worker must fail the run, not be retried");
+    assert!(i(spec, &["activeDeadlineSeconds"]).is_some(), "load Job: expected activeDeadlineSeconds");
+    let pod = pod_spec(job).expect("load Job pod spec");
+    assert_eq!(s(pod, &["restartPolicy"]), Some("Never"), "load Job: restartPolicy");
+    let c = &seq(pod, &["containers"])[0];
+    let cmd: Vec<&str> = seq(c, &["command"]).iter().chain(seq(c, &["args"])).filter_map(Value::as_str).collect();
+    let after = |flag: &str| cmd.iter().position(|a| *a == flag).and_then(|p| cmd.get(p + 1)).copied();
+    assert!(
+        cmd.contains(&"worker") && cmd.contains(&"--merge"),
+        "load Job: expected `load … worker … --merge`, found {cmd:?}"
+    );
+    for flag in ["--total-users", "--total-rate", "--window"] {
+        assert!(after(flag).is_some(), "load Job: expected {flag} in {cmd:?}");
+    }
+    // Every worker must agree with the Job on how many workers there are.
+    let workers = env_value(c, "LOAD_WORKERS").and_then(|v| v.parse::<i64>().ok());
+    assert_eq!(workers, parallelism, "load Job: env LOAD_WORKERS must equal spec.parallelism");
+    let env = env_of(c);
+    let run_id = env.get("LOAD_RUN_ID").and_then(|e| s(e, &["valueFrom", "fieldRef", "fieldPath"]));
+    assert_eq!(
+        run_id,
+        Some("metadata.labels['batch.kubernetes.io/controller-uid']"),
+        "load Job: the run id must be the Job's uid (one run per Job object)"
+    );
+    let results = env.get("LOAD_RESULTS_URL").and_then(|e| at(e, &["valueFrom", "secretKeyRef"]));
+    let secret = results.and_then(|r| s(r, &["name"])).unwrap_or("");
+    assert!(
+        !secret.is_empty(),
+        "load Job: LOAD_RESULTS_URL must come from a Secret, found {:?}",
+        env.get("LOAD_RESULTS_URL")
+    );
+    for section in ["requests", "limits"] {
+        for res in ["cpu", "memory"] {
+            assert!(at(c, &["resources", section, res]).is_some(), "load Job: expected resources.{section}.{res}");
+        }
+    }
+    assert_eq!(b(c, &["securityContext", "readOnlyRootFilesystem"]), Some(true), "load Job: read-only root");
+    assert_eq!(b(c, &["securityContext", "allowPrivilegeEscalation"]), Some(false), "load Job: no escalation");
+    let mounts: Vec<&str> = seq(c, &["volumeMounts"]).iter().filter_map(|m| s(m, &["mountPath"])).collect();
+    let report_dir = after("--report-dir").unwrap_or("reports/load");
+    assert!(
+        mounts.iter().any(|m| report_dir.starts_with(m)),
+        "load Job: --report-dir {report_dir} must be on a writable volume (mounts {mounts:?})"
+    );
+
+    // The results location: a Service and a StatefulSet of PostgreSQL that only the workers reach.
+    let url = of_kind(&objs, "Secret")
+        .into_iter()
+        .find(|o| o.name() == secret)
+        .and_then(|o| s(&o.v, &["stringData", results.and_then(|r| s(r, &["key"])).unwrap_or("")]))
+        .unwrap_or_else(|| panic!("secret {secret:?} does not define the LOAD_RESULTS_URL key"));
+    let svc_name = url.split('@').nth(1).and_then(|h| h.split([':', '/']).next()).unwrap_or("");
+    let svc = find(&objs, "Service", svc_name);
+    let port = seq(&svc.v, &["spec", "ports"]).iter().find_map(|p| i(p, &["port"]));
+    assert_eq!(port, Some(5432), "{}: expected port 5432", svc.id());
+    let sts = find(&objs, "StatefulSet", svc_name);
+    let db = &seq(pod_spec(sts).expect("results pod"), &["containers"])[0];
+    assert!(s(db, &["image"]).is_some_and(|i| i.starts_with("postgres:")), "{}: expected a postgres image", sts.id());
+    assert!(
+        !seq(&sts.v, &["spec", "volumeClaimTemplates"]).is_empty(),
+        "{}: results must survive a pod restart (volumeClaimTemplates)",
+        sts.id()
+    );
+    let pols = policies(&objs);
+    let mut wrong = check_flow(&pols, "load", &app("load"), svc_name, 5432, "TCP", true);
+    for other in ["rest-api", "algorithm-a", "data-writer", "harness", "rabbitmq"] {
+        wrong.extend(check_flow(&pols, other, &app(other), svc_name, 5432, "TCP", false));
+    }
+    // The workers still do not reach the pipeline's own database or broker.
+    wrong.extend(check_flow(&pols, "load", &app("load"), "postgres", 5432, "TCP", false));
+    wrong.extend(check_flow(&pols, "load", &app("load"), "rabbitmq", 5672, "TCP", false));
+    assert!(wrong.is_empty(), "results database access:\n{}", wrong.join("\n"));
+}
+
 // ------------------------------------------------------------------------------------------------
 // NetworkPolicy evaluation
 

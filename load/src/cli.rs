@@ -89,6 +89,133 @@ pub enum Command {
     /// Benchmarks (figures, not gates): goose vs wrk vs Locust, pipeline vs raw broker, DataWriter
     /// vs raw INSERT, REST p99 at half its max rate
     Bench(BenchArgs),
+    /// Runs the Gherkin SLA specs (features/sla/*.feature, tag @load): same reports and exit codes
+    Spec(SpecArgs),
+    /// One worker of a distributed REST run: its share of users and rate, results to PostgreSQL
+    Worker(WorkerArgs),
+    /// Merges every worker's results of a run (exact percentiles) and applies the gates
+    Merge(MergeArgs),
+    /// Scaling figure: 1, 2, 4 local workers against one API (achieved rate, merged p99)
+    Scale(ScaleArgs),
+}
+
+/// Options of `load spec`.
+#[derive(Debug, Clone, Args)]
+pub struct SpecArgs {
+    /// A .feature file or a folder of them [default: features/sla of the checkout]
+    pub path: Option<PathBuf>,
+    /// Tag expression selecting scenarios, e.g. '@load and @smoke'
+    #[arg(long, default_value = "@load")]
+    pub tags: String,
+    /// The API the REST specs load [default: a private `pipeline live` the run starts]
+    #[arg(long, env = "QA_API_URL", value_name = "URL")]
+    pub api_url: Option<String>,
+    /// Sensors the private API streams (each 20 chunks, then idle); specs may read up to this many
+    #[arg(long, default_value_t = 50)]
+    pub local_sensors: usize,
+}
+
+/// Options of `load worker` (one pod of the Indexed Job, or one local process).
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Run id shared by every worker of the run (the Job's uid in Kubernetes)
+    #[arg(long = "run", env = "LOAD_RUN_ID", value_name = "ID")]
+    pub run: String,
+    /// This worker's index, 0 … workers-1 (Kubernetes sets JOB_COMPLETION_INDEX)
+    #[arg(long, env = "JOB_COMPLETION_INDEX", value_name = "I")]
+    pub index: usize,
+    /// Workers in the run (the Job's parallelism = completions)
+    #[arg(long, env = "LOAD_WORKERS", value_name = "N")]
+    pub workers: usize,
+    /// The API to load [default: goose's --host]
+    #[arg(long, env = "QA_API_URL", value_name = "URL")]
+    pub api_url: Option<String>,
+    /// Users of the whole run; worker i gets floor or ceil of users/workers
+    #[arg(long = "total-users", value_name = "N")]
+    pub users: usize,
+    /// Requests/s of the whole run, split like the users; 0 = closed loop (as fast as answered)
+    #[arg(long = "total-rate", default_value_t = 0, value_name = "PER_SEC")]
+    pub rate: u64,
+    /// Users started per second over the whole run (split like the users) [default: all in 1 s]
+    #[arg(long = "total-increase-rate", value_name = "PER_SEC")]
+    pub increase_rate: Option<f64>,
+    /// Length of the measured window, e.g. 30s, 10m (every worker runs the same window)
+    #[arg(long = "window", default_value = "30s", value_name = "TIME")]
+    pub window: String,
+    /// Which REST scenarios run
+    #[arg(long, value_enum, default_value = "mixed")]
+    pub mix: crate::rest::Mix,
+    /// Read sensor-1 … sensor-N and require each to have data [default: sensor-1 … 8 that have data]
+    #[arg(long = "read-sensors", value_name = "N")]
+    pub sensors: Option<usize>,
+    /// PostgreSQL database for the results (created if missing, tables too)
+    #[arg(long, env = "LOAD_RESULTS_URL", hide_env_values = true, value_name = "URL")]
+    pub results_url: String,
+    /// Coordinated start time (RFC 3339) [default: when every worker is ready, plus --start-lead]
+    #[arg(long, value_name = "RFC3339")]
+    pub start_at: Option<String>,
+    /// Seconds between the last worker getting ready and the common start
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub start_lead: f64,
+    /// Longest wait for every worker to get ready, in seconds
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    pub barrier_timeout: f64,
+    /// Also write every OK latency (µs, one a line) here: lets a test rebuild one histogram of all samples
+    #[arg(long, value_name = "FILE")]
+    pub dump_samples: Option<PathBuf>,
+    /// The worker of index 0 merges the run after storing its own share (the Job's last word)
+    #[arg(long)]
+    pub merge: bool,
+    /// How long the merging worker waits for the others' results, in seconds
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    pub merge_wait: f64,
+}
+
+/// Options of `load merge`.
+#[derive(Debug, Clone, Args)]
+pub struct MergeArgs {
+    /// The run to merge
+    #[arg(long = "run", env = "LOAD_RUN_ID", value_name = "ID")]
+    pub run: String,
+    /// PostgreSQL database holding the results
+    #[arg(long, env = "LOAD_RESULTS_URL", hide_env_values = true, value_name = "URL")]
+    pub results_url: String,
+    /// Wait up to this many seconds for workers still running
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub wait: f64,
+}
+
+/// Options of `load scale`.
+#[derive(Debug, Clone, Args)]
+pub struct ScaleArgs {
+    /// Worker counts to measure
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub workers: Vec<usize>,
+    /// Users of each run (split over the workers)
+    #[arg(long, default_value_t = 32)]
+    pub users: usize,
+    /// Requests/s of the paced runs (split over the workers); 0 skips them
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u64,
+    /// Seconds per run
+    #[arg(long, default_value_t = 10)]
+    pub secs: u64,
+    /// The API to load [default: a private `pipeline live`, rate limit lifted]
+    #[arg(long, value_name = "URL")]
+    pub api_url: Option<String>,
+}
+
+/// Seconds of a goose-style time: `30`, `30s`, `10m`, `1h`.
+pub fn parse_secs(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1),
+        Some((i, 'm')) => (&t[..i], 60),
+        Some((i, 'h')) => (&t[..i], 3600),
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| anyhow::anyhow!("{text:?} is not a time like 30s, 10m or 1h"))?;
+    Ok(n * mult)
 }
 
 /// Options of `load bench`.
@@ -173,5 +300,48 @@ mod tests {
         assert_eq!((cli.opts.sla, cli.opts.gates.len()), (Profile::Target, 2));
         let bench = Cli::try_parse_from(["load", "bench", "--quick", "--only", "1,4"]).unwrap();
         assert!(matches!(bench.command, Some(Command::Bench(BenchArgs { quick: true, .. }))));
+    }
+
+    #[test]
+    fn worker_and_merge_options_parse() {
+        let cli = Cli::try_parse_from([
+            "load",
+            "worker",
+            "--run",
+            "r1",
+            "--index",
+            "2",
+            "--workers",
+            "4",
+            "--api-url",
+            "http://127.0.0.1:9",
+            "--total-users",
+            "20",
+            "--total-rate",
+            "500",
+            "--window",
+            "30s",
+            "--mix",
+            "latest",
+            "--results-url",
+            "postgres://x@127.0.0.1/db",
+            "--merge",
+        ])
+        .unwrap();
+        let Some(Command::Worker(w)) = cli.command else { panic!("not a worker") };
+        assert_eq!((w.index, w.workers, w.users, w.rate, w.merge), (2, 4, 20, 500, true));
+        assert_eq!(w.mix, crate::rest::Mix::Latest);
+        let cli = Cli::try_parse_from(["load", "merge", "--run", "r1", "--results-url", "postgres://x@h/db"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Merge(MergeArgs { wait: 0.0, .. }))));
+    }
+
+    #[rstest]
+    #[case("30", 30)]
+    #[case("30s", 30)]
+    #[case("10m", 600)]
+    #[case("1h", 3600)]
+    fn goose_style_times(#[case] text: &str, #[case] secs: u64) {
+        assert_eq!(parse_secs(text).unwrap(), secs);
+        assert!(parse_secs("soon").is_err());
     }
 }

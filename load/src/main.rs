@@ -1,28 +1,14 @@
-//! `load`: goose load runner and SLA gates for the audio pipeline (issue #4).
+//! `load`: goose load runner and SLA gates for the audio pipeline (issues #4 and #14).
 //!
 //! `main` only parses the command line and maps the outcome to an exit code: 0 when every gate
-//! passed, 99 when an SLA was breached (the gates are named), 1 on a harness error.
+//! passed, 99 when an SLA was breached (the gates are named), 1 on a harness error (including a
+//! worker that failed or never reported in a distributed run).
 
-mod attack;
-mod bench;
-mod cli;
-mod cpu;
-mod pipeline;
-mod plots;
-mod publish;
-mod reconcile;
-mod report;
-mod rest;
-mod runner;
-mod sla;
-mod stats;
-mod trend;
+mod spec;
 
 use clap::Parser as _;
+use load::{EXIT_SLA_BREACHED, bench, cli, dist, runner, scale};
 use std::process::ExitCode;
-
-/// Exit code of a breached SLA (the nightly job tells it apart from a crash).
-pub const EXIT_SLA_BREACHED: u8 = 99;
 
 fn main() -> ExitCode {
     let args = cli::compat_args(std::env::args());
@@ -41,6 +27,13 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.command.clone() {
         Some(cli::Command::Bench(b)) => runtime.block_on(bench::run(&cli.opts, &b)).map(|()| true),
+        Some(cli::Command::Spec(s)) => runtime.block_on(spec::run(&cli.opts, &s)),
+        Some(cli::Command::Worker(mut w)) => {
+            w.api_url = w.api_url.or_else(|| cli.goose.host.clone());
+            runtime.block_on(dist::worker_main(&cli.opts, &w))
+        }
+        Some(cli::Command::Merge(m)) => runtime.block_on(dist::merge_main(&cli.opts, &m)),
+        Some(cli::Command::Scale(s)) => runtime.block_on(scale::run(&cli.opts, &s)).map(|()| true),
         None => runtime.block_on(runner::run(cli)).map(|r| r.failed == 0),
     };
     // Service processes and goose users may still be winding down; do not wait for them.

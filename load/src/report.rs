@@ -28,6 +28,67 @@ pub struct Throughput {
     pub secs: f64,
 }
 
+/// One worker of a distributed run, for the per-worker breakdown.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerBreakdown {
+    /// Completion index.
+    pub index: usize,
+    /// Host (pod) name.
+    pub host: String,
+    /// Its users.
+    pub users: usize,
+    /// Its share of the target rate (0 = closed loop).
+    pub rate_share: u64,
+    /// Answers/s it achieved.
+    pub achieved_per_sec: f64,
+    /// Valid answers.
+    pub ok: u64,
+    /// Errors.
+    pub errors: u64,
+    /// 429 answers.
+    pub rate_limited: u64,
+    /// Its own median, ms.
+    pub p50_ms: f64,
+    /// Its own p99, ms (for spotting a slow worker; the gates use the merged histogram).
+    pub p99_ms: f64,
+    /// Its own CO-corrected p99, ms.
+    pub p99_corrected_ms: f64,
+    /// CPU seconds its process used.
+    pub cpu_secs: f64,
+    /// Seconds from its first to its last answer.
+    pub secs: f64,
+    /// When its goose run started (RFC 3339).
+    pub started_at: Option<String>,
+}
+
+/// The per-worker table printed after a merge.
+pub fn workers_table(workers: &[WorkerBreakdown]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<40} {:>5} {:>6} {:>10} {:>10} {:>8} {:>7} {:>8} {:>9} {:>13} {:>8}",
+        "worker", "users", "rate", "achieved/s", "ok", "errors", "429", "p50 ms", "p99 ms", "p99 CO ms", "cpu s"
+    );
+    for w in workers {
+        let _ = writeln!(
+            s,
+            "{:<40} {:>5} {:>6} {:>10.1} {:>10} {:>8} {:>7} {:>8.3} {:>9.3} {:>13.3} {:>8.2}",
+            format!("{} {}", w.index, w.host),
+            w.users,
+            w.rate_share,
+            w.achieved_per_sec,
+            w.ok,
+            w.errors,
+            w.rate_limited,
+            w.p50_ms,
+            w.p99_ms,
+            w.p99_corrected_ms,
+            w.cpu_secs
+        );
+    }
+    s
+}
+
 /// One latency measurement: percentiles plus what the plots need.
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyReport {
@@ -99,6 +160,9 @@ pub struct RunReport {
     pub previous_run: Option<String>,
     /// Deltas against it.
     pub trend: Vec<Delta>,
+    /// Per-worker breakdown of distributed runs (empty otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<WorkerBreakdown>,
 }
 
 impl RunReport {
@@ -280,6 +344,29 @@ pub fn html_page(r: &RunReport) -> anyhow::Result<String> {
                 t.achieved_per_sec,
                 t.count,
                 t.secs
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    if !r.workers.is_empty() {
+        h.push_str("<h2>Workers</h2>\n<p>Gates use the merged histograms (added, not averaged); these are each worker's own figures.</p>\n<table><tr><th>worker</th><th>users</th><th>rate share/s</th><th>achieved/s</th><th>ok</th><th>errors</th><th>429</th><th>p50 ms</th><th>p99 ms</th><th>p99 CO-corrected ms</th><th>CPU s</th><th>started</th></tr>\n");
+        for w in &r.workers {
+            let _ = writeln!(
+                h,
+                "<tr><td>{} {}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.2}</td><td>{}</td></tr>",
+                w.index,
+                xml(&w.host),
+                w.users,
+                w.rate_share,
+                w.achieved_per_sec,
+                w.ok,
+                w.errors,
+                w.rate_limited,
+                w.p50_ms,
+                w.p99_ms,
+                w.p99_corrected_ms,
+                w.cpu_secs,
+                xml(w.started_at.as_deref().unwrap_or("–"))
             );
         }
         h.push_str("</table>\n");

@@ -79,9 +79,43 @@ pub struct Recorder {
     pub rate_limited: AtomicU64,
     /// Error responses (including invalid bodies and transport errors).
     pub errors: AtomicU64,
+    /// Expected interval between one user's sends (paced runs), for the coordinated-omission
+    /// correction; zero for closed-loop runs (corrected after the fact at the mean).
+    interval: Duration,
+    /// Every OK latency in µs as recorded, when asked for (the merge-exactness test rebuilds one
+    /// histogram from all workers' samples); `None` keeps memory flat in long runs.
+    samples: Option<Mutex<Vec<u64>>>,
+    /// First and last answer counted (any outcome): the span the achieved rate is measured over.
+    window: Mutex<Option<(Instant, Instant)>>,
 }
 
 impl Recorder {
+    /// A recorder for users each sending every `interval` (zero: closed loop); `keep_samples`
+    /// also keeps every OK latency ([`Recorder::samples`]).
+    pub fn paced(interval: Duration, keep_samples: bool) -> Self {
+        let latency = || if interval.is_zero() { Latency::new() } else { Latency::with_interval(interval) };
+        Recorder {
+            all: Mutex::new(latency()),
+            interval,
+            samples: keep_samples.then(|| Mutex::new(Vec::new())),
+            ..Recorder::default()
+        }
+    }
+
+    fn new_latency(&self) -> Latency {
+        if self.interval.is_zero() { Latency::new() } else { Latency::with_interval(self.interval) }
+    }
+
+    /// Time from the first to the last answer counted.
+    pub fn span(&self) -> Option<Duration> {
+        self.window.lock().unwrap_or_else(PoisonError::into_inner).map(|(a, b)| b.duration_since(a))
+    }
+
+    /// Every OK latency in µs, as recorded (empty unless asked for by [`Recorder::paced`]).
+    pub fn samples(&self) -> Vec<u64> {
+        self.samples.as_ref().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).clone()).unwrap_or_default()
+    }
+
     /// Counts one response of `group` that took `took`.
     pub fn count(&self, group: &'static str, status: Option<u16>, outcome: &Outcome, took: Duration) {
         let label = match (status, outcome) {
@@ -90,6 +124,11 @@ impl Recorder {
             (None, _) => "transport".to_string(),
         };
         *self.statuses.lock().unwrap_or_else(PoisonError::into_inner).entry(label).or_default() += 1;
+        {
+            let now = Instant::now();
+            let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+            *w = Some(w.map_or((now, now), |(first, _)| (first, now)));
+        }
         match outcome {
             Outcome::Ok => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
@@ -98,9 +137,12 @@ impl Recorder {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .entry(group)
-                    .or_default()
+                    .or_insert_with(|| self.new_latency())
                     .record_at(took, now);
                 self.all.lock().unwrap_or_else(PoisonError::into_inner).record_at(took, now);
+                if let Some(samples) = &self.samples {
+                    samples.lock().unwrap_or_else(PoisonError::into_inner).push(crate::stats::to_us(took));
+                }
             }
             Outcome::RateLimited => {
                 self.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -143,18 +185,26 @@ pub struct RestState {
     ids: RwLock<Vec<String>>,
     /// What the users observed.
     pub recorder: Recorder,
+    /// Users of this process come after this many users of other workers: user *i* takes token
+    /// *(offset + i) mod n*, so a distributed run spreads tokens as one process would.
+    token_offset: usize,
 }
 
 impl RestState {
     /// Shared state for one goose run.
     pub fn new(target: Target) -> Arc<Self> {
+        Self::with_recorder(target, Recorder::default(), 0)
+    }
+
+    /// Shared state with a given recorder and token offset (a worker's share of a larger run).
+    pub fn with_recorder(target: Target, recorder: Recorder, token_offset: usize) -> Arc<Self> {
         let ids = RwLock::new(target.ids.clone());
-        Arc::new(RestState { target, ids, recorder: Recorder::default() })
+        Arc::new(RestState { target, ids, recorder, token_offset })
     }
 
     fn token_for(&self, user: &GooseUser) -> &str {
         let t = &self.target.tokens;
-        &t[user.weighted_users_index % t.len()]
+        &t[(self.token_offset + user.weighted_users_index) % t.len()]
     }
 
     fn random_sensor(&self) -> String {
@@ -495,6 +545,26 @@ fn tx(
         Box::pin(async move { f(user, &state).await })
     });
     Transaction::new(func).set_name(name)
+}
+
+/// Which REST scenarios a run registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mix {
+    /// Latest readers only (`GET /v1/sensors/{id}/features/latest`).
+    Latest,
+    /// The weighted mix of [`scenarios`]: latest, history pages, by-id lookups, dashboards.
+    Mixed,
+}
+
+/// The scenarios of `mix`.
+pub fn scenarios_of(state: &Arc<RestState>, mix: Mix) -> anyhow::Result<Vec<Scenario>> {
+    match mix {
+        Mix::Mixed => scenarios(state),
+        Mix::Latest => {
+            Ok(vec![scenario!("LatestReaders").register_transaction(tx(state, LATEST, |u, s| Box::pin(latest(u, s))))])
+        }
+    }
 }
 
 /// The weighted REST scenarios (umami-style: `main` only registers them).

@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+/// `load/sla.toml` as it was when this binary was built, for machines without a checkout.
+const EMBEDDED_SLA: &str = include_str!("../sla.toml");
+
 /// Default goose run time when none is given: goose would otherwise run until stopped.
 const DEFAULT_RUN_TIME: &str = "30s";
 
@@ -24,12 +27,26 @@ pub fn workspace_root() -> anyhow::Result<PathBuf> {
 
 /// Reads and resolves `sla.toml`.
 pub fn load_sla(cli: &Cli) -> anyhow::Result<Sla> {
-    let path = match cli.opts.sla_file.clone() {
+    load_sla_opts(&cli.opts)
+}
+
+/// Reads and resolves `sla.toml` as the runner's options say (profile, workload, overrides).
+pub fn load_sla_opts(opts: &crate::cli::LoadOpts) -> anyhow::Result<Sla> {
+    let path = match opts.sla_file.clone() {
         Some(p) => p,
-        None => workspace_root().context("finding load/sla.toml (or pass --sla-file)")?.join("load/sla.toml"),
+        None => match workspace_root().map(|r| r.join("load/sla.toml")) {
+            Ok(p) if p.is_file() => p,
+            // A container image holds the binary and the specs, not load/: use the copy this
+            // binary was built with (same file, same version).
+            _ => {
+                eprintln!("load: no load/sla.toml in a checkout here; using the copy built into this binary");
+                return Sla::parse(EMBEDDED_SLA, opts.sla, &opts.workload, &opts.set)
+                    .context("in the built-in sla.toml");
+            }
+        },
     };
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Sla::parse(&text, cli.opts.sla, &cli.opts.workload, &cli.opts.set).with_context(|| format!("in {}", path.display()))
+    Sla::parse(&text, opts.sla, &opts.workload, &opts.set).with_context(|| format!("in {}", path.display()))
 }
 
 /// The `pipeline` binary: as given, else next to this executable, else release, else debug.

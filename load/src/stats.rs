@@ -19,8 +19,9 @@ const MAX_US: u64 = 3_600_000_000;
 /// Per-second series keep at most this many seconds (a 10 min run has 600).
 const MAX_SERIES_SECS: usize = 7_200;
 
-/// A new histogram for 1 µs … 1 h at 3 significant digits.
-fn histogram() -> Histogram<u64> {
+/// A new histogram for 1 µs … 1 h at 3 significant digits (every recorder's, so histograms of
+/// several workers add exactly).
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_US, 3).expect("static histogram bounds are valid")
 }
 
@@ -46,6 +47,8 @@ pub struct Latency {
     start: Instant,
     /// Per-second histograms, index = whole seconds since `start`.
     series: Vec<Option<Second>>,
+    /// How `corrected` was obtained, when it came from elsewhere ([`Latency::from_histograms`]).
+    given_method: Option<String>,
 }
 
 /// Percentiles of one histogram, in milliseconds.
@@ -134,6 +137,7 @@ impl Latency {
             intended_times: false,
             start: Instant::now(),
             series: Vec::new(),
+            given_method: None,
         }
     }
 
@@ -179,6 +183,41 @@ impl Latency {
         self.raw.len()
     }
 
+    /// A measurement rebuilt from histograms (e.g. the sum of several workers'): `raw` as
+    /// measured, `corrected` already corrected for coordinated omission by whoever recorded it.
+    /// It has no per-second series.
+    pub fn from_histograms(
+        raw: Histogram<u64>,
+        corrected: Histogram<u64>,
+        interval: Duration,
+        co_method: &str,
+    ) -> Self {
+        Latency {
+            raw,
+            corrected,
+            expected_interval_us: u64::try_from(interval.as_micros()).unwrap_or(MAX_US),
+            intended_times: true,
+            start: Instant::now(),
+            series: Vec::new(),
+            given_method: Some(co_method.to_string()),
+        }
+    }
+
+    /// The values as measured.
+    pub fn raw_histogram(&self) -> &Histogram<u64> {
+        &self.raw
+    }
+
+    /// The values corrected for coordinated omission, as [`Latency::summary`] reports them (for a
+    /// closed-loop recorder: corrected now, at the mean latency).
+    pub fn corrected_histogram(&self) -> Histogram<u64> {
+        if self.intended_times || self.expected_interval_us > 0 {
+            return self.corrected.clone();
+        }
+        let mean_us = self.raw.mean().round().max(1.0) as u64;
+        if self.raw.is_empty() { self.raw.clone() } else { self.raw.clone_correct(mean_us) }
+    }
+
     /// Raw and corrected percentiles.
     pub fn summary(&self) -> LatencySummary {
         let raw = Percentiles::of(&self.raw);
@@ -187,7 +226,7 @@ impl Latency {
                 raw,
                 corrected: Percentiles::of(&self.corrected),
                 expected_interval_ms: self.expected_interval_us as f64 / 1000.0,
-                co_method: "measured from the intended send time".into(),
+                co_method: self.given_method.clone().unwrap_or_else(|| "measured from the intended send time".into()),
             };
         }
         if self.expected_interval_us > 0 {
@@ -246,8 +285,8 @@ impl Default for Latency {
     }
 }
 
-/// Whole microseconds, within the histogram's range.
-fn to_us(d: Duration) -> u64 {
+/// Whole microseconds, within the histogram's range: the value a recorder stores.
+pub fn to_us(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(MAX_US).clamp(1, MAX_US)
 }
 
