@@ -106,6 +106,11 @@ async fn main() -> ExitCode {
         .fail_on_skipped()
         .filter_run(features, move |feature, _rule, scenario| {
             let tagged = |tag: &str| feature.tags.iter().chain(scenario.tags.iter()).any(|t| t == tag);
+            // @load specs (features/sla/) are SLA runs for the load binary (`load spec`), not
+            // behaviour scenarios.
+            if tagged("load") {
+                return false;
+            }
             if external && tagged("needs-sut-control") {
                 FILTERED_CONTROL.fetch_add(1, Ordering::SeqCst);
                 return false;
