@@ -54,6 +54,13 @@ scripted external-check scripts/external-check.sh
 echo "== two clones sharing one target directory, run at once: own features, own reports"
 scripted two-clones scripts/two-clones-check.sh
 
+if [ -n "${QA_OFFLINE:-}" ]; then
+  echo "== schemathesis: skipped (QA_OFFLINE set; it is pip-installed from PyPI on first use)"
+else
+  echo "== schemathesis against the served /openapi.json (every check, stateful phase, fixed seed)"
+  scripted schemathesis scripts/schemathesis.sh
+fi
+
 echo "== load smoke (goose REST + AMQP pipeline gates, floor SLA profile, seconds)"
 scripts/load-smoke.sh 2>&1 | tee reports/load-smoke.log | tail -n 20
 [ "${PIPESTATUS[0]}" = 0 ] || status=1

@@ -4,11 +4,13 @@
 //! a failure bundle can show the last request and response. Path segments are percent-encoded
 //! here, so hostile sensor ids (`x' OR 1=1 --`, `a/b`, `%00`) reach the server as data.
 
+use crate::http_raw::RawClient;
 use anyhow::{Context as _, bail};
 use reqwest::{Client, Method, Url};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,9 @@ pub const MAX_RECORDED_BODY: usize = 64 * 1024;
 
 /// `history_all` gives up after this many pages (a server that never ends pagination is a bug).
 pub const MAX_PAGES: usize = 10_000;
+
+/// Pooled connections idle longer than this are dropped by the client.
+pub const POOL_IDLE: Duration = Duration::from_secs(5);
 
 /// One request and its response, for failure bundles.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,12 +123,46 @@ pub struct ApiClient {
 impl ApiClient {
     /// A client with a 10 s request timeout.
     pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
-        let http = Client::builder()
+        Self::with_client(base, token, Self::builder().build().context("building the HTTP client")?)
+    }
+
+    /// The settings every client of this harness uses. Idle pooled connections are dropped after
+    /// [`POOL_IDLE`], before a server's own idle timeout (the reference's default is 10 s) can
+    /// close one just as a request goes out on it.
+    fn builder() -> reqwest::ClientBuilder {
+        Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(3))
-            .build()
-            .context("building the HTTP client")?;
-        Self::with_client(base, token, http)
+            .pool_idle_timeout(POOL_IDLE)
+    }
+
+    /// The same API, token and exchange record, but connecting from the local address `ip`
+    /// (e.g. `127.0.0.2`: any 127/8 address reaches a loopback server), so the server sees
+    /// another client.
+    pub fn from_source(&self, ip: IpAddr) -> anyhow::Result<Self> {
+        let http = Self::builder().local_address(ip).build().context("building the HTTP client")?;
+        Ok(ApiClient { http, ..self.clone() })
+    }
+
+    /// A raw HTTP/1.1 client for the same server.
+    pub fn raw(&self) -> anyhow::Result<RawClient> {
+        RawClient::for_base(&self.base)
+    }
+
+    /// `GET /healthz` whose request target is padded with a query to exactly `target_len` bytes
+    /// (at least the bare path's length).
+    pub async fn health_with_target_of(&self, target_len: usize) -> anyhow::Result<Response> {
+        let mut url = self.url_for(&["healthz"])?;
+        let bare = url.path().len() + "?pad=".len();
+        url.set_query(Some(&format!("pad={}", "a".repeat(target_len.saturating_sub(bare)))));
+        self.execute(Method::GET, url, &[], &Auth::None).await
+    }
+
+    /// `GET /healthz` with `count` extra header fields `x-filler-<i>`, each value `value_len` bytes.
+    pub async fn health_with_headers(&self, count: usize, value_len: usize) -> anyhow::Result<Response> {
+        let headers: Vec<(String, String)> =
+            (0..count).map(|i| (format!("x-filler-{i}"), "v".repeat(value_len))).collect();
+        self.execute(Method::GET, self.url_for(&["healthz"])?, &headers, &Auth::None).await
     }
 
     /// A client over a caller-configured `reqwest::Client`.
@@ -154,6 +193,11 @@ impl ApiClient {
 
     /// `GET /v1/features?...`.
     pub async fn history(&self, q: &HistoryQuery) -> anyhow::Result<Response> {
+        self.history_as(q, Auth::Default).await
+    }
+
+    /// `GET /v1/features?...` with the given `Authorization`.
+    pub async fn history_as(&self, q: &HistoryQuery, auth: Auth) -> anyhow::Result<Response> {
         let mut url = self.url_for(&["v1", "features"])?;
         {
             let mut pairs = url.query_pairs_mut();
@@ -176,7 +220,7 @@ impl ApiClient {
         if url.query() == Some("") {
             url.set_query(None);
         }
-        self.execute(Method::GET, url, &[], &Auth::Default).await
+        self.execute(Method::GET, url, &[], &auth).await
     }
 
     /// `GET /v1/features/{id}`; `id` is any string so malformed ids can be tested.

@@ -6,7 +6,8 @@
 //!   (connections, pipelines, processes).
 //! - [`amqp`]: connect, publish, tap, delete — one file per verb.
 //! - [`sql`]: the SUT's table, read by contract; per-run databases.
-//! - [`api`]: typed REST client recording the last exchange.
+//! - [`api`]: typed REST client recording the last exchange; [`http_raw`]: raw HTTP/1.1 over TCP
+//!   (malformed, trickled or idle requests) with deadlines.
 //! - [`eventually`]: the one retry primitive, with diagnostics and a convergence log.
 //! - [`json_match`]: exact/subset/tolerance matching and contract validation.
 //! - [`namespace`]: per-scenario sensor-id prefixes; [`sut`]: process control (local profile)
@@ -21,6 +22,7 @@ pub mod api;
 pub mod config;
 pub mod env;
 pub mod eventually;
+pub mod http_raw;
 pub mod json_match;
 pub mod ledger;
 pub mod namespace;

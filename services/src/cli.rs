@@ -177,6 +177,7 @@ async fn live(
     sensors: usize,
 ) -> Result<(), ServiceError> {
     ensure_database(&settings.database.url).await?;
+    apply_live_defaults(&mut settings);
     if settings.rest_api.bind == crate::config::RestApiSettings::default().bind {
         settings.rest_api.bind = "127.0.0.1:0".into();
     }
@@ -218,6 +219,17 @@ async fn live(
     );
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The token `pipeline live` prints and accepts when none is configured (every other way of
+/// starting the API refuses to start without `APQ_API_TOKENS`).
+pub const LIVE_DEV_TOKEN: &str = "dev-token";
+
+/// `pipeline live` is for exploration: without configured tokens it accepts [`LIVE_DEV_TOKEN`].
+pub fn apply_live_defaults(settings: &mut Settings) {
+    if settings.rest_api.tokens.is_empty() {
+        settings.rest_api.tokens = vec![LIVE_DEV_TOKEN.to_string()];
+    }
 }
 
 fn with_id(settings: &Settings, id: &str) -> Settings {

@@ -123,23 +123,41 @@ pub struct RestApiSettings {
     pub rate_limit_per_sec: f64,
     /// Burst size per token.
     pub rate_limit_burst: u32,
-    /// Default and largest page size of the historical query.
+    /// Page size of the historical query when `limit` is absent.
     pub default_limit: u32,
+    /// Largest `limit` accepted.
     pub max_limit: u32,
     /// Fault injection: accept any request without checking the token. Never set in production.
     pub fault_skip_auth: bool,
+    /// A connection must deliver a complete request head within this many milliseconds of being
+    /// accepted or of its previous response, else it is closed (slow-header clients, idle
+    /// keep-alive connections).
+    pub header_timeout_ms: u64,
+    /// Failed authentications one client IP may make per `auth_failure_window_ms` before its
+    /// `/v1` requests are answered 429 (burst; the allowance refills evenly over the window).
+    pub auth_failure_limit: u32,
+    /// The window of `auth_failure_limit`, in milliseconds.
+    pub auth_failure_window_ms: u64,
+    /// Upper bound on the JSON of one history page: a page stops before the row that would
+    /// exceed it (at least one row is always served) and `next_cursor` continues from there.
+    pub max_page_bytes: usize,
 }
 
 impl Default for RestApiSettings {
     fn default() -> Self {
         Self {
             bind: "127.0.0.1:8000".into(),
-            tokens: vec!["dev-token".into()],
+            // None: the API refuses to start without tokens (`pipeline live` supplies `dev-token`).
+            tokens: Vec::new(),
             rate_limit_per_sec: 200.0,
             rate_limit_burst: 400,
             default_limit: 100,
             max_limit: 1000,
             fault_skip_auth: false,
+            header_timeout_ms: 10_000,
+            auth_failure_limit: 30,
+            auth_failure_window_ms: 60_000,
+            max_page_bytes: 1024 * 1024,
         }
     }
 }
@@ -254,6 +272,10 @@ impl Settings {
         set!("APQ_API_DEFAULT_LIMIT", self.rest_api.default_limit);
         set!("APQ_API_MAX_LIMIT", self.rest_api.max_limit);
         set!("APQ_API_FAULT_SKIP_AUTH", self.rest_api.fault_skip_auth);
+        set!("APQ_API_HEADER_TIMEOUT_MS", self.rest_api.header_timeout_ms);
+        set!("APQ_API_AUTH_FAILURE_LIMIT", self.rest_api.auth_failure_limit);
+        set!("APQ_API_AUTH_FAILURE_WINDOW_MS", self.rest_api.auth_failure_window_ms);
+        set!("APQ_API_MAX_PAGE_BYTES", self.rest_api.max_page_bytes);
         set_str!("APQ_SENSOR_ID", self.sensor.sensor_id);
         set_str!("APQ_SENSOR_SIGNAL", self.sensor.signal);
         set!("APQ_SENSOR_FREQUENCY_HZ", self.sensor.frequency_hz);
@@ -280,6 +302,15 @@ impl Settings {
         }
         if self.rest_api.default_limit == 0 || self.rest_api.default_limit > self.rest_api.max_limit {
             return bad("rest_api.default_limit", "must be between 1 and rest_api.max_limit");
+        }
+        if self.rest_api.header_timeout_ms == 0 {
+            return bad("rest_api.header_timeout_ms", "must be at least 1");
+        }
+        if self.rest_api.auth_failure_limit == 0 || self.rest_api.auth_failure_window_ms == 0 {
+            return bad("rest_api.auth_failure_limit", "the limit and its window must be at least 1");
+        }
+        if self.rest_api.max_page_bytes == 0 {
+            return bad("rest_api.max_page_bytes", "must be at least 1");
         }
         if self.amqp.reconnect_min_ms == 0 || self.amqp.reconnect_min_ms > self.amqp.reconnect_max_ms {
             return bad("amqp.reconnect_min_ms", "must be between 1 and amqp.reconnect_max_ms");

@@ -1,14 +1,26 @@
 //! Bearer-token authentication for `/v1` (RFC 6750). Tokens are compared in constant time against
 //! every configured token, so neither the match nor its position leaks through timing.
+//!
+//! Failed authentications are throttled per client address ([`AuthThrottle`]): a client that has
+//! used up its allowance gets 429 with `Retry-After` on every `/v1` request, before its token is
+//! even looked at, until the allowance refills; other clients are unaffected.
 
 use super::AppState;
 use super::problem::{ApiError, Code};
+use super::rate_limit::{TokenBucket, retry_after_secs};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
+
+/// Clients the throttle remembers at most; beyond it, refilled entries are forgotten first, and if
+/// that is not enough, all of them (the throttle then starts afresh rather than grow).
+const MAX_THROTTLED_CLIENTS: usize = 100_000;
 
 pub const REALM_CHALLENGE: &str = r#"Bearer realm="audio-pipeline""#;
 pub const INVALID_REQUEST_CHALLENGE: &str = r#"Bearer realm="audio-pipeline", error="invalid_request""#;
@@ -78,12 +90,83 @@ fn is_token68(s: &str) -> bool {
         && body.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
 }
 
-/// Middleware: rejects unauthenticated requests, or records the [`Principal`] for the rate limiter.
+/// The throttle's key for a client address: IPv4 as is, IPv6 by its /64 (one host usually holds
+/// a whole /64, so single addresses would be free to rotate).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Failed authentications per client: a bucket of `limit` that refills evenly over `window`.
+#[derive(Debug)]
+pub struct AuthThrottle {
+    /// Failures allowed at once.
+    limit: u32,
+    /// Refill rate, failures per second (`limit / window`).
+    rate: f64,
+    /// One bucket per client that has failed recently.
+    clients: Mutex<HashMap<IpAddr, TokenBucket>>,
+}
+
+impl AuthThrottle {
+    pub fn new(limit: u32, window: Duration) -> Self {
+        let rate = f64::from(limit.max(1)) / window.as_secs_f64().max(1e-3);
+        Self { limit, rate, clients: Mutex::new(HashMap::new()) }
+    }
+
+    /// How long `client` must wait before it may try again, if it has no failures left.
+    pub fn locked_out(&self, client: IpAddr, now: Instant) -> Option<Duration> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.get_mut(&client).and_then(|b| b.peek(now).err())
+    }
+
+    /// Records a failure of `client`; returns the wait when this failure was one too many.
+    pub fn failed(&self, client: IpAddr, now: Instant) -> Option<Duration> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if clients.len() >= MAX_THROTTLED_CLIENTS && !clients.contains_key(&client) {
+            clients.retain(|_, b| !b.is_full(now));
+            if clients.len() >= MAX_THROTTLED_CLIENTS {
+                tracing::warn!(clients = clients.len(), "failed-authentication throttle full; forgetting every client");
+                clients.clear();
+            }
+        }
+        clients.entry(client).or_insert_with(|| TokenBucket::new(self.rate, self.limit, now)).try_take(now).err()
+    }
+}
+
+/// The 429 of a throttled client.
+fn throttled(wait: Duration) -> Response {
+    let secs = retry_after_secs(wait);
+    ApiError::new(Code::RateLimited, format!("too many failed authentications from this client; retry in {secs} s"))
+        .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
+        .into_response()
+}
+
+/// Middleware: throttles clients with too many failed authentications, rejects unauthenticated
+/// requests, or records the [`Principal`] for the rate limiter.
 pub async fn require_bearer(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let client = super::server::peer_of(&req).map(|a| client_key(a.ip()));
+    let now = Instant::now();
+    if let Some(wait) = client.and_then(|c| state.auth_throttle.locked_out(c, now)) {
+        return throttled(wait);
+    }
     let principal = match authenticate(req.headers(), &state.tokens) {
         Ok(p) => p,
         Err(_) if state.skip_auth => Principal::ANONYMOUS,
-        Err(failure) => return failure.into_error().into_response(),
+        Err(failure) => {
+            if let Some(wait) = client.and_then(|c| state.auth_throttle.failed(c, now)) {
+                return throttled(wait);
+            }
+            return failure.into_error().into_response();
+        }
     };
     req.extensions_mut().insert(principal);
     next.run(req).await
@@ -133,6 +216,31 @@ mod tests {
     #[test]
     fn no_configured_tokens_accepts_nothing() {
         assert_eq!(authenticate(&headers(&["Bearer first-token"]), &[]), Err(AuthFailure::InvalidToken));
+    }
+
+    #[test]
+    fn failures_beyond_the_limit_lock_the_client_out_until_refilled() {
+        let t0 = Instant::now();
+        let throttle = AuthThrottle::new(3, Duration::from_secs(30));
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        for i in 0..3 {
+            assert_eq!(throttle.locked_out(a, t0), None, "before failure {i}");
+            assert_eq!(throttle.failed(a, t0), None, "failure {i} is within the limit");
+        }
+        assert!(throttle.locked_out(a, t0).is_some());
+        let wait = throttle.failed(a, t0).expect("the fourth failure is one too many");
+        assert_eq!(retry_after_secs(wait), 10, "{wait:?}");
+        // Another client is unaffected; ten seconds later one more failure is allowed.
+        assert_eq!(throttle.locked_out(b, t0), None);
+        assert_eq!(throttle.locked_out(a, t0 + Duration::from_secs(10)), None);
+    }
+
+    #[rstest]
+    #[case::v4("10.0.0.7", "10.0.0.7")]
+    #[case::v6_by_64("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::")]
+    #[case::v4_mapped("::ffff:10.0.0.7", "10.0.0.7")]
+    fn clients_are_keyed_by_address(#[case] ip: &str, #[case] key: &str) {
+        assert_eq!(client_key(ip.parse().unwrap()), key.parse::<IpAddr>().unwrap());
     }
 
     #[rstest]

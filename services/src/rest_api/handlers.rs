@@ -80,17 +80,49 @@ pub async fn latest(
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
 }
 
-/// `GET /v1/features?...`: one keyset page of stored rows.
+/// `GET /v1/features?...`: one keyset page of stored rows, at most `limit` of them and at most
+/// `max_page_bytes` of row JSON (but at least one row, whatever its size, so paging always
+/// advances); `next_cursor` is set whenever rows were left out. An empty range (`from` not before
+/// `to`) is an empty page, without asking the database.
 pub async fn history(State(state): State<Arc<AppState>>, q: Pairs) -> Result<Response, ApiError> {
     let (query, limit) = query::history_params(&pairs(q)?, state.default_limit, state.max_limit)?;
-    let mut rows = with_db(&state, |c| async move { crate::db::history(&**c, &query).await }).await?;
-    let next_cursor = if rows.len() > limit as usize {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| Cursor { t: r.captured_at, id: r.message_id }.encode())
-    } else {
-        None
-    };
-    Ok(Json(json!({ "items": rows, "next_cursor": next_cursor })).into_response())
+    if let (Some(from), Some(to)) = (query.from, query.to)
+        && from >= to
+    {
+        return Ok(Json(json!({ "items": [], "next_cursor": null })).into_response());
+    }
+    let rows = with_db(&state, |c| async move { crate::db::history(&**c, &query).await }).await?;
+    let body = page_body(&rows, limit as usize, state.max_page_bytes)?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+}
+
+/// `{"items": [...], "next_cursor": ...}` of the first rows of `rows` that fit `limit` and
+/// `max_bytes` of item JSON (at least one).
+pub fn page_body(rows: &[crate::db::FeatureRow], limit: usize, max_bytes: usize) -> Result<Vec<u8>, ApiError> {
+    const HEAD: &[u8] = b"{\"items\":[";
+    let mut body = Vec::with_capacity(4096);
+    body.extend_from_slice(HEAD);
+    let mut served = 0;
+    for row in rows.iter().take(limit) {
+        let start = body.len();
+        if served > 0 {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut body, row).map_err(|_| ApiError::internal())?;
+        if served > 0 && body.len() - HEAD.len() > max_bytes {
+            body.truncate(start);
+            break;
+        }
+        served += 1;
+    }
+    let next_cursor = (rows.len() > served)
+        .then(|| served.checked_sub(1).and_then(|i| rows.get(i)))
+        .flatten()
+        .map(|r| Cursor { t: r.captured_at, id: r.message_id }.encode());
+    body.extend_from_slice(b"],\"next_cursor\":");
+    serde_json::to_writer(&mut body, &next_cursor).map_err(|_| ApiError::internal())?;
+    body.push(b'}');
+    Ok(body)
 }
 
 /// `GET /v1/features/{message_id}`: one stored row.

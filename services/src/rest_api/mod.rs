@@ -2,15 +2,20 @@
 //! features from PostgreSQL, bearer-token auth, per-token rate limits, RFC 9457 problems for every
 //! error, and hardening headers on every response.
 //!
-//! [`build`] binds the listener (port 0 allowed) and [`App::run_until_stopped`] serves until the
-//! shutdown token fires, running the cache consumer alongside.
+//! [`build`] refuses to start without tokens, binds the listener (port 0 allowed) and
+//! [`App::run_until_stopped`] serves until the shutdown token fires, running the cache consumer
+//! alongside. Hostile clients are bounded: request-head time and size ([`server`]), target and
+//! header sizes ([`limits`]), failed authentications per client ([`auth::AuthThrottle`]), problem
+//! bodies ([`problem`]) and history pages ([`handlers::history`]).
 
 pub mod auth;
 pub mod cache;
 pub mod handlers;
+pub mod limits;
 pub mod problem;
 pub mod query;
 pub mod rate_limit;
+pub mod server;
 
 use crate::config::Settings;
 use crate::runtime::{Health, ServiceError, announce_ready};
@@ -55,6 +60,10 @@ pub struct AppState {
     pub default_limit: u32,
     /// Largest `limit` accepted.
     pub max_limit: u32,
+    /// Failed authentications per client address.
+    pub auth_throttle: auth::AuthThrottle,
+    /// Byte budget of one history page's rows.
+    pub max_page_bytes: usize,
 }
 
 impl AppState {
@@ -70,6 +79,11 @@ impl AppState {
             skip_auth: api.fault_skip_auth,
             default_limit: api.default_limit,
             max_limit: api.max_limit,
+            auth_throttle: auth::AuthThrottle::new(
+                api.auth_failure_limit,
+                Duration::from_millis(api.auth_failure_window_ms),
+            ),
+            max_page_bytes: api.max_page_bytes,
         })
     }
 }
@@ -91,8 +105,8 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .fallback(handlers::not_found)
 }
 
-/// Adds, outermost first: security headers, tracing, problem rendering, panic catching and the
-/// body limit.
+/// Adds, outermost first: security headers, tracing, problem rendering, the target and header
+/// limits, panic catching and the body limit.
 pub fn harden(router: Router) -> Router {
     let header = |name: HeaderName, value: &'static str| {
         SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
@@ -106,6 +120,7 @@ pub fn harden(router: Router) -> Router {
             .layer(header(header::REFERRER_POLICY, "no-referrer"))
             .layer(TraceLayer::new_for_http())
             .layer(from_fn(problem::render))
+            .layer(from_fn(limits::enforce))
             .layer(CatchPanicLayer::custom(problem::panic_response))
             .layer(RequestBodyLimitLayer::new(MAX_REQUEST_BODY)),
     )
@@ -140,8 +155,10 @@ pub async fn build(settings: Settings, shutdown: CancellationToken) -> Result<Ap
              Never use in production."
         );
     }
-    if settings.rest_api.tokens.is_empty() && !settings.rest_api.fault_skip_auth {
-        tracing::warn!("rest_api.tokens is empty: every /v1 request will be refused");
+    if settings.rest_api.tokens.is_empty() {
+        return Err(ServiceError::Other(
+            "no API tokens configured: set APQ_API_TOKENS (comma-separated bearer tokens) or rest_api.tokens".into(),
+        ));
     }
     let state = Arc::new(AppState::new(&settings)?);
     let listener = tokio::net::TcpListener::bind(&settings.rest_api.bind).await?;
@@ -159,6 +176,8 @@ impl App {
     /// running alongside. Announces readiness once serving and the cache is consuming.
     pub async fn run_until_stopped(self) -> Result<(), ServiceError> {
         let App { listener, port, state, settings, instance, shutdown } = self;
+        let limits =
+            server::ServerLimits { header_timeout: Duration::from_millis(settings.rest_api.header_timeout_ms) };
         // A child token, so a server failure also stops the cache consumer.
         let cache_stop = shutdown.child_token();
         let cache_task = tokio::spawn(cache::run(
@@ -168,16 +187,7 @@ impl App {
             state.cache_health.clone(),
             cache_stop.clone(),
         ));
-        // Small responses go out at once instead of possibly waiting (Nagle) for the client's
-        // delayed ACK of an earlier segment.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        let server =
-            axum::serve(listener, app(state.clone())).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let mut server = tokio::spawn(server.into_future());
+        let mut server = tokio::spawn(server::serve(listener, app(state.clone()), limits, shutdown.clone()));
         tracing::info!(port, "rest api listening");
 
         let cache_ready = async {
@@ -205,11 +215,7 @@ impl App {
         };
         cache_stop.cancel();
         cache_task.await.ok();
-        match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.into()),
-            Err(e) => Err(ServiceError::Other(format!("server task failed: {e}"))),
-        }
+        result.map_err(|e| ServiceError::Other(format!("server task failed: {e}")))
     }
 }
 

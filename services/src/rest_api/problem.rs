@@ -12,6 +12,24 @@ use serde::{Deserialize, Serialize};
 
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
+/// A validation problem lists at most this many parameters (the detail says how many more).
+pub const MAX_LISTED_PARAMS: usize = 10;
+
+/// Parameter names echoed in `invalid_params` are cut to this many bytes.
+pub const MAX_ECHOED_BYTES: usize = 64;
+
+/// The `instance` member (the request path) is cut to this many bytes.
+pub const MAX_INSTANCE_BYTES: usize = 256;
+
+/// At most `max` bytes of `s`, cut at a character boundary, with `…` when cut.
+pub fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let end = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+    format!("{}…", &s[..end])
+}
+
 /// Machine-readable problem codes; `type` is `urn:apq:problem:<code>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
@@ -21,6 +39,10 @@ pub enum Code {
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
+    /// The request target is longer than the API reads.
+    UriTooLong,
+    /// Too many header fields, or too many header bytes.
+    HeadersTooLarge,
     DbUnavailable,
     NotReady,
     Internal,
@@ -37,6 +59,8 @@ impl Code {
             Code::NotFound => "not_found",
             Code::MethodNotAllowed => "method_not_allowed",
             Code::PayloadTooLarge => "payload_too_large",
+            Code::UriTooLong => "uri_too_long",
+            Code::HeadersTooLarge => "headers_too_large",
             Code::DbUnavailable => "db_unavailable",
             Code::NotReady => "not_ready",
             Code::Internal => "internal",
@@ -51,6 +75,8 @@ impl Code {
             Code::NotFound => "Not found",
             Code::MethodNotAllowed => "Method not allowed",
             Code::PayloadTooLarge => "Payload too large",
+            Code::UriTooLong => "URI too long",
+            Code::HeadersTooLarge => "Request header fields too large",
             Code::DbUnavailable => "Database unavailable",
             Code::NotReady => "Not ready",
             Code::Internal => "Internal error",
@@ -65,6 +91,8 @@ impl Code {
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::UriTooLong => StatusCode::URI_TOO_LONG,
+            Code::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Code::DbUnavailable | Code::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Code::HttpError => StatusCode::BAD_REQUEST,
@@ -82,8 +110,9 @@ pub struct InvalidParam {
 }
 
 impl InvalidParam {
+    /// `name` is echoed from the request, so it is cut to [`MAX_ECHOED_BYTES`].
     pub fn new(name: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { name: name.into(), reason: reason.into() }
+        Self { name: cut(&name.into(), MAX_ECHOED_BYTES), reason: reason.into() }
     }
 }
 
@@ -126,9 +155,17 @@ impl ApiError {
     pub fn new(code: Code, detail: impl Into<String>) -> Self {
         Self { code, status: code.status(), detail: detail.into(), invalid_params: Vec::new(), headers: Vec::new() }
     }
-    pub fn validation(params: Vec<InvalidParam>) -> Self {
+    /// A 400 naming the first [`MAX_LISTED_PARAMS`] offending parameters; the detail counts the
+    /// rest, so the body stays small however many parameters a request carries.
+    pub fn validation(mut params: Vec<InvalidParam>) -> Self {
+        let total = params.len();
+        params.truncate(MAX_LISTED_PARAMS);
         let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
-        let mut e = Self::new(Code::Validation, format!("invalid request parameters: {}", names.join(", ")));
+        let mut detail = format!("invalid request parameters: {}", names.join(", "));
+        if total > params.len() {
+            detail.push_str(&format!(" and {} more", total - params.len()));
+        }
+        let mut e = Self::new(Code::Validation, detail);
         e.invalid_params = params;
         e
     }
@@ -163,6 +200,8 @@ impl ApiError {
             StatusCode::NOT_FOUND => (Code::NotFound, "no such resource"),
             StatusCode::METHOD_NOT_ALLOWED => (Code::MethodNotAllowed, "this method is not allowed on this resource"),
             StatusCode::PAYLOAD_TOO_LARGE => (Code::PayloadTooLarge, "the request body is too large"),
+            StatusCode::URI_TOO_LONG => (Code::UriTooLong, "the request target is too long"),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (Code::HeadersTooLarge, "the request headers are too large"),
             StatusCode::TOO_MANY_REQUESTS => (Code::RateLimited, "too many requests"),
             s if s.is_server_error() => (Code::Internal, "an internal error occurred"),
             _ => (Code::HttpError, "the request could not be processed"),
@@ -172,14 +211,14 @@ impl ApiError {
         e
     }
 
-    /// The body for a request to `path`.
+    /// The body for a request to `path` (cut to [`MAX_INSTANCE_BYTES`]).
     pub fn to_problem(&self, path: &str) -> Problem {
         Problem {
             kind: format!("urn:apq:problem:{}", self.code.as_str()),
             title: self.code.title().to_string(),
             status: self.status.as_u16(),
             detail: self.detail.clone(),
-            instance: path.to_string(),
+            instance: cut(path, MAX_INSTANCE_BYTES),
             invalid_params: (!self.invalid_params.is_empty()).then(|| self.invalid_params.clone()),
         }
     }
@@ -256,6 +295,24 @@ mod tests {
         assert!(p.get("invalid_params").is_none(), "{p}");
         assert_eq!(p["status"], 404);
         assert_eq!(p["type"], "urn:apq:problem:not_found");
+    }
+
+    #[test]
+    fn validation_problems_stay_small_however_many_params() {
+        let params: Vec<InvalidParam> =
+            (0..5000).map(|i| InvalidParam::new("p".repeat(i % 300 + 1), "unknown parameter")).collect();
+        let e = ApiError::validation(params);
+        assert_eq!(e.invalid_params.len(), MAX_LISTED_PARAMS);
+        assert!(e.detail.ends_with("and 4990 more"), "{}", e.detail);
+        let body = serde_json::to_vec(&e.to_problem(&"/v1/features".repeat(1000))).unwrap();
+        assert!(body.len() <= 4096, "{} bytes", body.len());
+    }
+
+    #[test]
+    fn cut_respects_character_boundaries() {
+        assert_eq!(cut("abc", 3), "abc");
+        assert_eq!(cut("abcd", 3), "abc…");
+        assert_eq!(cut("aé", 2), "a…");
     }
 
     #[test]

@@ -4,15 +4,12 @@
 use super::problem::{ApiError, InvalidParam};
 use crate::contract::FeatureType;
 use crate::db::HistoryQuery;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::HashMap;
 use uuid::Uuid;
 
-/// Longest cursor accepted (a real one is about 110 characters).
-const MAX_CURSOR_LEN: usize = 512;
+/// Most digits of a cursor's microseconds (a signed 64-bit count has 19).
+const MAX_CURSOR_DIGITS: usize = 19;
 
 /// `^[A-Za-z0-9._:-]{1,128}$`, checked by hand (no regex engine needed for one character class).
 pub fn valid_sensor_id(s: &str) -> bool {
@@ -54,42 +51,44 @@ pub fn parse_limit(s: &str, max: u32) -> Result<u32, String> {
     }
 }
 
-/// The keyset position after the last row of a page. Opaque to clients: base64url of
-/// `{"t": captured_at, "id": message_id}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The keyset position after the last row of a page: `<captured_at as microseconds since
+/// 1970-01-01T00:00:00Z>_<message_id as 32 hex digits>`, i.e. `^-?[0-9]{1,19}_[0-9a-fA-F]{32}$`.
+/// Every string of that form is a cursor (the OpenAPI pattern says exactly this), so a client or
+/// a fuzzer can never hold a "valid-looking" cursor the API refuses. Times beyond the years −1 …
+/// 9999 are clamped to them: no row can lie outside, and the database never sees such a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     /// `captured_at` of the last row served (microsecond precision, like the column).
-    #[serde(with = "micros_rfc3339")]
     pub t: DateTime<Utc>,
     /// `message_id` of the last row served.
     pub id: Uuid,
 }
 
-mod micros_rfc3339 {
-    use chrono::{DateTime, Utc};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::db::format_micros(t))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-        let s = String::deserialize(d)?;
-        super::parse_timestamp(&s).map_err(serde::de::Error::custom)
-    }
+/// The range a cursor's time is clamped to: −0001-01-01 to 10000-01-01 (exclusive of rows).
+fn cursor_time_bounds() -> (i64, i64) {
+    let micros = |y| NaiveDate::from_ymd_opt(y, 1, 1).expect("in range").and_time(Default::default());
+    (micros(-1).and_utc().timestamp_micros(), micros(10000).and_utc().timestamp_micros())
 }
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).expect("a cursor serialises"))
+        format!("{}_{}", self.t.timestamp_micros(), self.id.simple())
     }
     pub fn decode(s: &str) -> Result<Self, String> {
-        const REASON: &str = "is not a cursor returned by this API";
-        if s.len() > MAX_CURSOR_LEN {
-            return Err(REASON.into());
+        let bad = || "must be a cursor returned by this API (<microseconds>_<32 hex digits>)".to_string();
+        let (t, id) = s.split_once('_').ok_or_else(bad)?;
+        let digits = t.strip_prefix('-').unwrap_or(t);
+        if digits.is_empty() || digits.len() > MAX_CURSOR_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
         }
-        let bytes = URL_SAFE_NO_PAD.decode(s).map_err(|_| REASON.to_string())?;
-        serde_json::from_slice(&bytes).map_err(|_| REASON.to_string())
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let (lo, hi) = cursor_time_bounds();
+        let micros = t.parse::<i128>().map_err(|_| bad())?.clamp(i128::from(lo), i128::from(hi));
+        let t = DateTime::from_timestamp_micros(micros as i64).ok_or_else(bad)?;
+        let id = Uuid::try_parse(id).map_err(|_| bad())?;
+        Ok(Self { t, id })
     }
 }
 
@@ -148,11 +147,6 @@ pub fn history_params(
     };
     let cursor =
         p.get("cursor").and_then(|v| Cursor::decode(v).map_err(|r| errors.push(InvalidParam::new("cursor", r))).ok());
-    if let (Some(f), Some(t)) = (from, to)
-        && f > t
-    {
-        errors.push(InvalidParam::new("from", "must not be later than `to`"));
-    }
     let query = HistoryQuery {
         sensor_id,
         feature_type,
@@ -250,7 +244,6 @@ mod tests {
     #[case::bad_from(&[("sensor_id", "s"), ("from", "yesterday")], "from")]
     #[case::naive_from(&[("sensor_id", "s"), ("from", "2024-01-01T00:00:00")], "from")]
     #[case::date_only_to(&[("sensor_id", "s"), ("to", "2024-01-01")], "to")]
-    #[case::from_after_to(&[("sensor_id", "s"), ("from", "2024-01-02T00:00:00Z"), ("to", "2024-01-01T00:00:00Z")], "from")]
     #[case::limit_zero(&[("sensor_id", "s"), ("limit", "0")], "limit")]
     #[case::limit_over_max(&[("sensor_id", "s"), ("limit", "1001")], "limit")]
     #[case::limit_negative(&[("sensor_id", "s"), ("limit", "-1")], "limit")]
@@ -280,23 +273,34 @@ mod tests {
 
     #[test]
     fn cursor_round_trips_and_is_url_safe() {
-        let c = Cursor { t: "2024-05-06T07:08:09.123456Z".parse().unwrap(), id: Uuid::new_v4() };
+        let c = Cursor { t: "2024-05-06T07:08:09.123456Z".parse().unwrap(), id: Uuid::from_u128(0xabc) };
         let s = c.encode();
-        assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{s}");
+        assert_eq!(s, "1714979289123456_00000000000000000000000000000abc");
         assert_eq!(Cursor::decode(&s).unwrap(), c);
-        let json = URL_SAFE_NO_PAD.decode(&s).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
-        assert_eq!(v["t"], "2024-05-06T07:08:09.123456Z");
-        assert_eq!(v["id"], c.id.to_string());
+        let before_1970 = Cursor { t: "1969-12-31T23:59:59.999999Z".parse().unwrap(), id: Uuid::nil() };
+        assert_eq!(Cursor::decode(&before_1970.encode()).unwrap(), before_1970);
     }
 
     #[rstest]
-    #[case::not_base64("!!!")]
-    #[case::not_json(&URL_SAFE_NO_PAD.encode("hello"))]
-    #[case::missing_id(&URL_SAFE_NO_PAD.encode(r#"{"t":"2024-01-01T00:00:00Z"}"#))]
-    #[case::extra_field(&URL_SAFE_NO_PAD.encode(format!(r#"{{"t":"2024-01-01T00:00:00Z","id":"{}","x":1}}"#, Uuid::nil())))]
-    #[case::bad_time(&URL_SAFE_NO_PAD.encode(format!(r#"{{"t":"2024-01-01","id":"{}"}}"#, Uuid::nil())))]
-    #[case::too_long(&"A".repeat(MAX_CURSOR_LEN + 1))]
+    #[case::one_digit("0_0123456789abcdefABCDEF0123456789")]
+    #[case::far_future("9999999999999999999_00000000000000000000000000000000")]
+    #[case::far_past("-9999999999999999999_00000000000000000000000000000000")]
+    fn every_cursor_the_pattern_allows_is_accepted(#[case] s: &str) {
+        let c = Cursor::decode(s).unwrap();
+        let (lo, hi) = cursor_time_bounds();
+        assert!((lo..=hi).contains(&c.t.timestamp_micros()), "{s}: {}", c.t);
+    }
+
+    #[rstest]
+    #[case::not_a_cursor("not-a-cursor")]
+    #[case::old_base64_json("eyJ0IjoiMjAyNC0wMS0wMVQwMDowMDowMFoiLCJpZCI6IngifQ")]
+    #[case::no_id("1714979289123456_")]
+    #[case::short_id("1_0123456789abcdef")]
+    #[case::hyphenated_id("1_00000000-0000-0000-0000-000000000000")]
+    #[case::no_time("_00000000000000000000000000000000")]
+    #[case::plus_sign("+1_00000000000000000000000000000000")]
+    #[case::twenty_digits("10000000000000000000_00000000000000000000000000000000")]
+    #[case::two_separators("1_2_00000000000000000000000000000000")]
     fn forged_cursors_are_refused(#[case] s: &str) {
         assert!(Cursor::decode(s).is_err(), "{s}");
     }

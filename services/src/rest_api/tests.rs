@@ -8,6 +8,8 @@ use axum::body::{Body, Bytes};
 use axum::http::{Method, Request, StatusCode};
 use axum::response::Response;
 use rstest::rstest;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 const TOKEN: &str = "test-token-1";
@@ -150,7 +152,6 @@ async fn burst_then_429_with_retry_after() {
 #[case::limit_over("/v1/features?sensor_id=s&limit=51", "limit")]
 #[case::bad_from("/v1/features?sensor_id=s&from=2024-13-01T00:00:00Z", "from")]
 #[case::unencoded_plus("/v1/features?sensor_id=s&from=2024-01-01T00:00:00+02:00", "from")]
-#[case::from_after_to("/v1/features?sensor_id=s&from=2024-01-02T00:00:00Z&to=2024-01-01T00:00:00Z", "from")]
 #[case::bad_type("/v1/features?sensor_id=s&type=C", "type")]
 #[case::bad_cursor("/v1/features?sensor_id=s&cursor=xyz", "cursor")]
 #[case::latest_needs_type("/v1/sensors/s/features/latest", "type")]
@@ -287,5 +288,216 @@ fn openapi_message_schemas_match_the_contract(#[case] name: &str, #[case] contra
     let schema = &doc["components"]["schemas"][name];
     for key in ["required", "properties", "additionalProperties"] {
         assert_eq!(schema[key], contract[key], "{name}.{key} drifted from the contract schema");
+    }
+}
+
+#[rstest]
+#[case::later("2024-01-02T00:00:00Z", "2024-01-01T00:00:00Z")]
+#[case::equal("2024-01-01T00:00:00Z", "2024-01-01T00:00:00Z")]
+#[tokio::test]
+async fn an_empty_range_is_an_empty_page_without_the_database(#[case] from: &str, #[case] to: &str) {
+    // The database is unreachable here, so a 200 proves it was not asked.
+    let res = get(&state_with(|_| {}), &format!("/v1/features?sensor_id=s&from={from}&to={to}")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&body(res).await).unwrap();
+    assert_eq!(v, serde_json::json!({"items": [], "next_cursor": null}));
+}
+
+#[tokio::test]
+async fn the_api_refuses_to_start_without_tokens() {
+    let mut s = settings();
+    s.rest_api.tokens.clear();
+    s.rest_api.bind = "127.0.0.1:0".into();
+    let err = build(s, CancellationToken::new()).await.err().expect("no tokens, no API");
+    assert!(err.to_string().contains("APQ_API_TOKENS"), "{err}");
+    assert!(Settings::default().rest_api.tokens.is_empty(), "no token is built in");
+}
+
+#[test]
+fn pipeline_live_keeps_its_dev_token() {
+    let mut s = Settings::default();
+    crate::cli::apply_live_defaults(&mut s);
+    assert_eq!(s.rest_api.tokens, vec![crate::cli::LIVE_DEV_TOKEN.to_string()]);
+    let mut configured = settings();
+    crate::cli::apply_live_defaults(&mut configured);
+    assert_eq!(configured.rest_api.tokens, settings().rest_api.tokens, "configured tokens are kept");
+}
+
+#[tokio::test]
+async fn an_over_long_target_is_a_414_problem() {
+    let uri = format!("/v1/features?sensor_id={}", "a".repeat(limits::MAX_URI_BYTES));
+    let p = problem(get(&state_with(|_| {}), &uri).await, 414, "uri_too_long", "/v1/features").await;
+    assert!(p.invalid_params.is_none());
+}
+
+#[rstest]
+#[case::many_fields(limits::MAX_HEADER_FIELDS + 1, 10)]
+#[case::one_huge_field(1, limits::MAX_HEADER_BYTES + 1)]
+#[tokio::test]
+async fn oversized_headers_are_431_problems(#[case] fields: usize, #[case] value_len: usize) {
+    let mut req = Request::get("/healthz");
+    for i in 0..fields {
+        req = req.header(format!("x-filler-{i}"), "v".repeat(value_len));
+    }
+    let res = app(state_with(|_| {})).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    problem(res, 431, "headers_too_large", "/healthz").await;
+}
+
+#[tokio::test]
+async fn thousands_of_unknown_parameters_get_a_small_problem() {
+    let query: Vec<String> = (0..900).map(|i| format!("p{i}=1")).collect();
+    let uri = format!("/v1/features?sensor_id=s&{}", query.join("&"));
+    assert!(uri.len() <= limits::MAX_URI_BYTES);
+    let res = get(&state_with(|_| {}), &uri).await;
+    assert_eq!(res.status(), 400);
+    let bytes = body(res).await;
+    assert!(bytes.len() <= 4096, "{} bytes", bytes.len());
+    let p: Problem = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(p.invalid_params.unwrap()[0].name, "p0");
+    assert!(p.detail.contains("and 890 more"), "{}", p.detail);
+}
+
+async fn call_from(state: &Arc<AppState>, peer: &str, auth: &str) -> Response {
+    let mut req = Request::get("/v1/sensors/s/features/latest?type=A").header("authorization", auth);
+    let peer: std::net::SocketAddr = peer.parse().unwrap();
+    req = req.extension(axum::extract::ConnectInfo(peer));
+    app(state.clone()).oneshot(req.body(Body::empty()).unwrap()).await.unwrap()
+}
+
+#[tokio::test]
+async fn failed_authentication_is_throttled_per_client() {
+    let state = state_with(|s| {
+        s.rest_api.auth_failure_limit = 3;
+        s.rest_api.auth_failure_window_ms = 60_000;
+    });
+    for _ in 0..3 {
+        assert_eq!(call_from(&state, "10.0.0.1:1000", "Bearer wrong").await.status(), 401);
+    }
+    let res = call_from(&state, "10.0.0.1:1001", "Bearer wrong").await;
+    let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(retry, 20);
+    problem(res, 429, "rate_limited", "/v1/sensors/s/features/latest").await;
+    // Locked out: even the right token is not looked at; another client is unaffected.
+    let bearer = format!("Bearer {TOKEN}");
+    assert_eq!(call_from(&state, "10.0.0.1:1002", &bearer).await.status(), 429);
+    assert_eq!(call_from(&state, "10.0.0.2:1000", &bearer).await.status(), 404);
+    assert_eq!(call_from(&state, "10.0.0.2:1000", "Bearer wrong").await.status(), 401);
+}
+
+fn row(i: u128, features_len: usize) -> crate::db::FeatureRow {
+    let t: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+    crate::db::FeatureRow {
+        message_id: uuid::Uuid::from_u128(i),
+        feature_type: "A".into(),
+        sensor_id: "s".into(),
+        source_message_id: uuid::Uuid::from_u128(i),
+        sequence: i as i64,
+        captured_at: t + chrono::Duration::seconds(i as i64),
+        processed_by: "a-1".into(),
+        features: serde_json::json!({ "pad": "x".repeat(features_len) }),
+        written_at: t,
+    }
+}
+
+#[rstest]
+#[case::all_fit(3, 10, 100_000, 3, false)]
+#[case::limit_cuts(4, 3, 100_000, 3, true)]
+#[case::bytes_cut(5, 10, 1_500, 2, true)]
+#[case::one_row_always(2, 10, 10, 1, true)]
+fn history_pages_are_bounded_by_rows_and_bytes(
+    #[case] rows: u128,
+    #[case] limit: usize,
+    #[case] max_bytes: usize,
+    #[case] served: usize,
+    #[case] more: bool,
+) {
+    let rows: Vec<_> = (0..rows).map(|i| row(i, 300)).collect();
+    let body = handlers::page_body(&rows, limit, max_bytes).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), served);
+    assert!(body.len() <= max_bytes.max(serde_json::to_vec(&rows[0]).unwrap().len()) + 100, "{}", body.len());
+    let last = &rows[served - 1];
+    let expected = more.then(|| query::Cursor { t: last.captured_at, id: last.message_id }.encode());
+    assert_eq!(v["next_cursor"].as_str().map(String::from), expected);
+}
+
+/// A real server on a loopback port: what hyper itself does with hostile connections.
+mod wire {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn serve(header_timeout_ms: u64) -> (std::net::SocketAddr, CancellationToken) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let limits = server::ServerLimits { header_timeout: Duration::from_millis(header_timeout_ms) };
+        tokio::spawn(server::serve(listener, app(state_with(|_| {})), limits, stop.clone()));
+        (addr, stop)
+    }
+
+    /// Everything the server sends until it closes (or 5 s pass).
+    async fn read_all(s: &mut TcpStream) -> String {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_slow_request_head_is_cut_off() {
+        let (addr, stop) = serve(300).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let text = read_all(&mut s).await;
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text:?}");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed() {
+        let (addr, stop) = serve(300).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let started = std::time::Instant::now();
+        let text = read_all(&mut s).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        stop.cancel();
+    }
+
+    #[rstest]
+    #[case::garbage_request_line(b"NOT HTTP AT ALL\r\n\r\n".to_vec(), "400")]
+    #[case::bad_header_name(b"GET /healthz HTTP/1.1\r\nBad Header: x\r\n\r\n".to_vec(), "400")]
+    #[case::too_many_headers(
+        [b"GET /healthz HTTP/1.1\r\n".to_vec(), b"x: y\r\n".repeat(server::HYPER_MAX_HEADERS + 1), b"\r\n".to_vec()].concat(),
+        "431"
+    )]
+    #[tokio::test]
+    async fn what_hyper_rejects_gets_a_bare_status_and_close(#[case] request: Vec<u8>, #[case] status: &str) {
+        let (addr, stop) = serve(5_000).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&request).await.unwrap();
+        let text = read_all(&mut s).await;
+        assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{text:?}");
+        eprintln!("{status}: {text:?}");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn within_hyper_limits_protocol_errors_are_problems() {
+        let (addr, stop) = serve(5_000).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET /healthz?{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "a".repeat(9000));
+        s.write_all(req.as_bytes()).await.unwrap();
+        let text = read_all(&mut s).await;
+        assert!(text.starts_with("HTTP/1.1 414"), "{text:?}");
+        assert!(
+            text.contains("application/problem+json") && text.contains("x-content-type-options: nosniff"),
+            "{text}"
+        );
+        stop.cancel();
     }
 }

@@ -3,10 +3,13 @@
 use crate::params::FeatureTypeParam;
 use crate::world::World;
 use anyhow::{Context, bail, ensure};
-use cucumber::{then, when};
+use cucumber::{given, then, when};
 use harness::api::{Auth, HistoryQuery};
 use harness::eventually::{Check, eventually};
+use harness::sut::Component;
 use serde_json::Value;
+use std::net::IpAddr;
+use std::time::Duration;
 
 fn auth_of(spec: &str) -> Auth {
     match spec {
@@ -358,5 +361,173 @@ async fn some_429(w: &mut World, min: usize) -> anyhow::Result<()> {
     let others: Vec<u16> =
         w.responses.iter().map(|r| r.status).filter(|s| *s != 429 && *s != 200 && *s != 404).collect();
     ensure!(others.is_empty(), "unexpected statuses besides 200/404/429: {others:?}");
+    Ok(())
+}
+
+// ---- Hostile clients (features/rest_api_hostile.feature)
+
+/// Starts a private pipeline whose one REST API instance gets `env` on top of the run's settings.
+async fn private_api(w: &mut World, env: &[(&str, String)]) -> anyhow::Result<()> {
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let slug = format!("api{:04x}", rand::random::<u16>());
+    let mut p = w.env.private_pipeline(&slug, &env).await?;
+    p.start(Component::RestApi, 1, &[]).await?;
+    w.private = Some(p);
+    Ok(())
+}
+
+#[given(expr = "a private pipeline whose REST API allows {int} ms for a request head")]
+async fn private_header_timeout(w: &mut World, ms: u64) -> anyhow::Result<()> {
+    private_api(w, &[("APQ_API_HEADER_TIMEOUT_MS", ms.to_string())]).await
+}
+
+#[given(expr = "a private pipeline whose REST API allows {int} failed authentications per client per minute")]
+async fn private_auth_throttle(w: &mut World, n: u32) -> anyhow::Result<()> {
+    private_api(w, &[("APQ_API_AUTH_FAILURE_LIMIT", n.to_string()), ("APQ_API_AUTH_FAILURE_WINDOW_MS", "60000".into())])
+        .await
+}
+
+#[given(expr = "a private pipeline whose REST API serves history pages of at most {int} bytes")]
+async fn private_page_bytes(w: &mut World, bytes: usize) -> anyhow::Result<()> {
+    private_api(w, &[("APQ_API_MAX_PAGE_BYTES", bytes.to_string())]).await
+}
+
+#[then(expr = "a client sending its request head one byte every {int} ms is cut off within {int} ms")]
+async fn slowloris(w: &mut World, every_ms: u64, within_ms: u64) -> anyhow::Result<()> {
+    let raw = w.api()?.raw()?;
+    let request = raw.get_request("/healthz", &[("x-slow".into(), "a".repeat(64))]);
+    let deadline = Duration::from_millis(within_ms) + Duration::from_secs(2);
+    let o = raw.trickle(&request, Duration::from_millis(every_ms), deadline).await?;
+    ensure!(o.sent < request.len(), "the whole request head ({} bytes) was taken: {}", request.len(), o.describe());
+    ensure!(o.status.is_none() || o.status == Some(408), "expected no response or 408: {}", o.describe());
+    let closed = o.closed_after.with_context(|| format!("the connection was not closed: {}", o.describe()))?;
+    ensure!(closed <= Duration::from_millis(within_ms), "closed only after {closed:?}: {}", o.describe());
+    Ok(())
+}
+
+#[then(expr = "a keep-alive connection left idle after a response is closed within {int} ms")]
+async fn idle_keep_alive(w: &mut World, within_ms: u64) -> anyhow::Result<()> {
+    let raw = w.api()?.raw()?;
+    let request = raw.get_request("/healthz", &[]);
+    let o = raw.idle_after(&request, Duration::from_millis(within_ms) + Duration::from_secs(2)).await?;
+    ensure!(o.status == Some(200), "the request before idling failed: {}", o.describe());
+    let closed = o.closed_after.with_context(|| format!("the idle connection was not closed: {}", o.describe()))?;
+    ensure!(closed <= Duration::from_millis(within_ms), "closed only {closed:?} after the response: {}", o.describe());
+    Ok(())
+}
+
+#[then(expr = "a keep-alive connection left idle for {int} ms is still open")]
+async fn idle_within_timeout(w: &mut World, idle_ms: u64) -> anyhow::Result<()> {
+    let raw = w.api()?.raw()?;
+    let request = raw.get_request("/healthz", &[]);
+    let o = raw.idle_after(&request, Duration::from_millis(idle_ms)).await?;
+    ensure!(o.status == Some(200), "the first request failed: {}", o.describe());
+    ensure!(!o.closed, "the connection was closed while idle for less than the timeout: {}", o.describe());
+    Ok(())
+}
+
+#[when(expr = "a client at {string} sends {int} requests with a wrong token")]
+async fn wrong_tokens_from(w: &mut World, ip: String, n: usize) -> anyhow::Result<()> {
+    let ip: IpAddr = ip.parse().with_context(|| format!("client address {ip:?}"))?;
+    let api = w.api()?.from_source(ip)?;
+    let sensor = w.sensor("probe");
+    w.responses.clear();
+    // One after another: the order of 401s and 429s is what the scenario asserts.
+    for _ in 0..n {
+        let q = HistoryQuery { sensor_id: Some(sensor.clone()), ..Default::default() };
+        let r = api.history_as(&q, Auth::Header("Bearer wrong-token".into())).await?;
+        w.responses.push(r);
+    }
+    Ok(())
+}
+
+#[when(expr = "a client at {string} asks the API for the latest Feature {type} of sensor {string}")]
+async fn latest_from(w: &mut World, ip: String, t: FeatureTypeParam, sensor: String) -> anyhow::Result<()> {
+    let ip: IpAddr = ip.parse().with_context(|| format!("client address {ip:?}"))?;
+    let r = w.api()?.from_source(ip)?.latest(&w.sensor(&sensor), t.letter()).await?;
+    w.set_response(r);
+    Ok(())
+}
+
+#[then(expr = "the first {int} of them get 401 and the rest 429 with a Retry-After header")]
+async fn then_throttled(w: &mut World, first: usize) -> anyhow::Result<()> {
+    let statuses: Vec<u16> = w.responses.iter().map(|r| r.status).collect();
+    ensure!(statuses.len() > first, "only {} responses: {statuses:?}", statuses.len());
+    let want: Vec<u16> = (0..statuses.len()).map(|i| if i < first { 401 } else { 429 }).collect();
+    ensure!(statuses == want, "expected statuses {want:?}, got {statuses:?}");
+    for r in &w.responses[first..] {
+        let ra = r.header("retry-after").context("a 429 without Retry-After")?;
+        ensure!(ra.parse::<u64>().is_ok_and(|s| s >= 1), "Retry-After must be whole seconds >= 1, got {ra:?}");
+        ensure!(r.header("content-type").is_some_and(|c| c.starts_with("application/problem+json")), "{}", r.body);
+    }
+    Ok(())
+}
+
+#[when(expr = "I ask the API for the history of sensor {string} with {int} unknown parameters")]
+async fn many_params(w: &mut World, sensor: String, n: usize) -> anyhow::Result<()> {
+    let q = HistoryQuery {
+        sensor_id: Some(w.sensor(&sensor)),
+        extra: (0..n).map(|i| (format!("p{i}"), i.to_string())).collect(),
+        ..Default::default()
+    };
+    let r = w.api()?.history(&q).await?;
+    w.set_response(r);
+    Ok(())
+}
+
+#[when(expr = "I send a request whose target is {int} bytes long")]
+async fn long_target(w: &mut World, len: usize) -> anyhow::Result<()> {
+    let r = w.api()?.health_with_target_of(len).await?;
+    w.set_response(r);
+    Ok(())
+}
+
+#[when(expr = "I send a request with {int} extra header fields of {int} bytes each")]
+async fn many_headers(w: &mut World, count: usize, value_len: usize) -> anyhow::Result<()> {
+    let r = w.api()?.health_with_headers(count, value_len).await?;
+    w.set_response(r);
+    Ok(())
+}
+
+#[then(expr = "the response body is at most {int} bytes")]
+async fn body_at_most(w: &mut World, max: usize) -> anyhow::Result<()> {
+    let r = w.response()?;
+    ensure!(
+        r.body.len() <= max,
+        "the body is {} bytes, more than {max}: {}",
+        r.body.len(),
+        &r.body[..r.body.len().min(300)]
+    );
+    Ok(())
+}
+
+#[then(expr = "the response lists fewer than {int} rows and a next_cursor")]
+async fn fewer_rows_with_cursor(w: &mut World, n: usize) -> anyhow::Result<()> {
+    let body = w.response()?.expect_status(200)?.json()?;
+    let items = body["items"].as_array().with_context(|| format!("no items array in {body}"))?;
+    ensure!(!items.is_empty() && items.len() < n, "expected 1 to {} rows, got {}", n - 1, items.len());
+    ensure!(body["next_cursor"].is_string(), "a page cut short must carry next_cursor: {}", body["next_cursor"]);
+    Ok(())
+}
+
+#[then(expr = "a request with {string} is answered {int} by the HTTP layer and the connection closed")]
+async fn http_layer_rejects(w: &mut World, defect: String, status: u16) -> anyhow::Result<()> {
+    let raw = w.api()?.raw()?;
+    let request = match defect.as_str() {
+        "a malformed request line" => b"GET /healthz HTTP/1.1 extra\r\nHost: x\r\n\r\n".to_vec(),
+        "a malformed header name" => raw.get_request("/healthz", &[("bad header".into(), "x".into())]),
+        "200 header fields" => {
+            let extra: Vec<(String, String)> = (0..200).map(|i| (format!("x-f{i}"), "v".into())).collect();
+            raw.get_request("/healthz", &extra)
+        }
+        "a 100 KiB head" => raw.get_request("/healthz", &[("x-big".into(), "v".repeat(100 * 1024))]),
+        other => bail!(
+            "unknown defect {other:?}: a malformed request line, a malformed header name, 200 header fields, a 100 KiB head"
+        ),
+    };
+    let o = raw.send(&request, Duration::from_secs(5)).await?;
+    ensure!(o.status == Some(status), "expected status {status}: {}", o.describe());
+    ensure!(o.closed, "the connection stayed open: {}", o.describe());
+    ensure!(o.body.is_empty(), "the HTTP layer's own answer has no body, got {:?}", o.body);
     Ok(())
 }
