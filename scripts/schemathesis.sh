@@ -81,7 +81,8 @@ say "pipeline live at $url, seeded ($(( $(date +%s) - t0 )) s)"
 
 # ---- the run
 rm -f "$out"/junit.xml
-"$VENV/bin/schemathesis" run "$url/openapi.json" \
+# From inside the report folder, so the tool's own cache (.schemathesis/) lands there too.
+(cd "$out" && "$VENV/bin/schemathesis" run "$url/openapi.json" \
   --checks all \
   --phases examples,coverage,fuzzing,stateful \
   --seed "$SEED" \
@@ -90,8 +91,8 @@ rm -f "$out"/junit.xml
   --request-timeout 10 \
   --continue-on-failure \
   -H "Authorization: Bearer $token" \
-  --report junit --report-junit-path "$out/junit.xml" \
-  >"$out/run.log" 2>&1
+  --report junit --report-junit-path junit.xml \
+  >run.log 2>&1)
 rc=$?
 tail -n 30 "$out/run.log"
 
