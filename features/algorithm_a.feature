@@ -108,3 +108,12 @@ Feature: Algorithm A turns each audio chunk into signal features
       | a partial frame       | partial_frame              |
       | an invalid message_id | schema_violation           |
       | 3 channels            | schema_violation           |
+      | a sample beyond full scale | sample_out_of_range        |
+      | a capture time an hour ahead | timestamp_out_of_range     |
+      | a capture time in 1970 | timestamp_out_of_range     |
+      | a message_id property that differs from the body | message_id_mismatch        |
+      | the x-schema header of Feature A | schema_header_mismatch     |
+      | content type text/plain | unsupported_content_type   |
+      | gzip content encoding | unsupported_content_encoding |
+      | a sensor id of 600 multi-byte characters | schema_violation           |
+      | 11 seconds of audio   | chunk_too_long             |

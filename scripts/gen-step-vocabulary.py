@@ -6,7 +6,8 @@ params = {
  'string': r'"[^"]*"', 'int': r'-?\d+', 'float': r'-?[\d.]+', 'word': r'[^\s]+',
  'signal': r'(?:silence|white noise at amplitude [0-9.]+|[0-9.]+ Hz sine at amplitude [0-9.]+|[0-9.]+ Hz sine clipped at gain [0-9.]+)',
  'type': '[AB]', 'component': '(?:Algorithm A|Algorithm B|data writer|REST API)', 'duration': r'[0-9.]+ ?(?:ms|s)',
- 'malformation': '(?:not JSON|schema version 2|no sensor_id|a NaN sample|an infinite sample|sample rate 12345|an oversized payload|invalid base64|a partial frame|an invalid message_id|3 channels)',
+ 'channel': '(?:audio stream|features_a fanout|features_b fanout)',
+ 'malformation': '(?:not JSON|schema version 2|no sensor_id|a NaN sample|an infinite sample|sample rate 12345|an oversized payload|invalid base64|a partial frame|an invalid message_id|3 channels|a sample beyond full scale|a capture time an hour ahead|a capture time in 1970|a message_id property that differs from the body|the x-schema header of Feature A|content type text/plain|gzip content encoding|a sensor id of 600 multi-byte characters|11 seconds of audio)',
 }
 steps=[]
 for f in sorted(glob.glob('steps/tests/cucumber/steps/*.rs')):
@@ -34,10 +35,12 @@ doc=['# Step vocabulary','','Every step sentence the suite understands, by domai
 '| `{signal}` | `silence`, `white noise at amplitude A`, `F Hz sine at amplitude A`, `F Hz sine clipped at gain G` | `440 Hz sine at amplitude 0.5` |',
 '| `{type}` | feature type `A` or `B` | `A` |','| `{component}` | `Algorithm A`, `Algorithm B`, `data writer`, `REST API` | `Algorithm A` |',
 '| `{duration}` | `N ms` or `N s` | `300 ms` |',
-'| `{malformation}` | `not JSON`, `schema version 2`, `no sensor_id`, `a NaN sample`, `an infinite sample`, `sample rate 12345`, `an oversized payload`, `invalid base64`, `a partial frame`, `an invalid message_id`, `3 channels` | `a NaN sample` |','',
+'| `{channel}` | an input channel for hostile input: `audio stream`, `features_a fanout`, `features_b fanout` | `audio stream` |',
+'| `{malformation}` | `not JSON`, `schema version 2`, `no sensor_id`, `a NaN sample`, `an infinite sample`, `sample rate 12345`, `an oversized payload`, `invalid base64`, `a partial frame`, `an invalid message_id`, `3 channels`, `a sample beyond full scale`, `a capture time an hour ahead`, `a capture time in 1970`, `a message_id property that differs from the body`, `the x-schema header of Feature A`, `content type text/plain`, `gzip content encoding`, `a sensor id of 600 multi-byte characters`, `11 seconds of audio` | `a NaN sample` |','',
 'Sensor names are local to a scenario: `"mic"` becomes `<run>-<scenario>-<id>.mic`, so scenarios never see each other.',
 'Tolerances are strings: `"440 ± 2"`, `"440 +- 2"`, `"1000 ± 0.5%"`. Paths in `I call` steps may use `{sensor}` for a sensor id of the scenario.',
-'Scenarios tagged `@needs-sut-control` start, kill or scale processes; the external profile skips them with a printed reason.','']
+'Scenarios tagged `@needs-sut-control` start, kill or scale processes; the external profile skips them with a printed reason (run them against another implementation with `QA_SUT_COMMAND=<adapter>`, see `fixtures/contracts/adapter.md`). Scenarios that seed rows with `Given N stored Feature … rows` must be tagged `@writes-db` (a test checks it): the external profile skips them unless `QA_EXTERNAL_WRITES_DB=1`, and its database session is read-only.',
+'Scenarios tagged `@fuzz` publish a seeded hostile corpus (`fixtures/fuzz/operators.toml`); the external profile skips them unless `QA_EXTERNAL_FUZZ=1`. `QA_FUZZ_SEED` (a number or `random`), `QA_FUZZ_INPUTS` and `QA_FUZZ_ONLY` override the seed, the count and the inputs; a failure prints the command that replays it.','']
 missing=[]
 for domain in sorted(set(d for d,_,_ in steps)):
     doc += ['## '+domain, '', '| keyword | step | example |', '|---|---|---|']

@@ -79,6 +79,24 @@ pub enum Rejection {
     PartialFrame { bytes: usize, frame_bytes: usize },
     #[error("sample {index} is not finite ({value})")]
     NonFiniteSample { index: usize, value: f32 },
+    #[error("sample {index} is {value}, outside full scale [-1, 1]")]
+    SampleOutOfRange { index: usize, value: f32 },
+    #[error("chunk of {frames} frames at {sample_rate} Hz is longer than {max_ms} ms")]
+    ChunkTooLong { frames: usize, sample_rate: u32, max_ms: u64 },
+    #[error("content_type {0:?} is not application/json")]
+    UnsupportedContentType(String),
+    #[error("content_encoding {0:?} is not supported (bodies are plain JSON)")]
+    UnsupportedContentEncoding(String),
+    #[error("x-schema header {header:?} does not name this queue's message kind {expected:?}")]
+    SchemaHeaderMismatch { header: String, expected: &'static str },
+    #[error("AMQP message_id {property:?} differs from the body's message_id {body:?}")]
+    MessageIdMismatch { property: String, body: String },
+    #[error("{field} {value} is outside [{min}, {max}] (receipt time + {future_slack_secs} s)")]
+    TimestampOutOfRange { field: &'static str, value: String, min: String, max: String, future_slack_secs: i64 },
+    #[error("the database refused the row: {0}")]
+    RejectedByDatabase(String),
+    #[error("processing failed: {0}")]
+    ProcessingFailed(String),
 }
 
 impl Rejection {
@@ -92,8 +110,172 @@ impl Rejection {
             Rejection::InvalidBase64(_) => "invalid_base64",
             Rejection::PartialFrame { .. } => "partial_frame",
             Rejection::NonFiniteSample { .. } => "non_finite_sample",
+            Rejection::SampleOutOfRange { .. } => "sample_out_of_range",
+            Rejection::ChunkTooLong { .. } => "chunk_too_long",
+            Rejection::UnsupportedContentType(_) => "unsupported_content_type",
+            Rejection::UnsupportedContentEncoding(_) => "unsupported_content_encoding",
+            Rejection::SchemaHeaderMismatch { .. } => "schema_header_mismatch",
+            Rejection::MessageIdMismatch { .. } => "message_id_mismatch",
+            Rejection::TimestampOutOfRange { .. } => "timestamp_out_of_range",
+            Rejection::RejectedByDatabase(_) => "rejected_by_database",
+            Rejection::ProcessingFailed(_) => "processing_failed",
         }
     }
+
+    /// Every reason code, in precedence order (the first check that fails names the reason).
+    pub const CODES: [&'static str; 17] = [
+        "oversized_payload",
+        "unsupported_content_type",
+        "unsupported_content_encoding",
+        "schema_header_mismatch",
+        "invalid_json",
+        "unsupported_schema_version",
+        "unsupported_sample_rate",
+        "schema_violation",
+        "message_id_mismatch",
+        "timestamp_out_of_range",
+        "invalid_base64",
+        "partial_frame",
+        "non_finite_sample",
+        "sample_out_of_range",
+        "chunk_too_long",
+        "rejected_by_database",
+        "processing_failed",
+    ];
+
+    /// The detail for the `x-dlq-detail` header: at most [`MAX_DETAIL_BYTES`] bytes, cut at a
+    /// character boundary (a detail quotes hostile input, which may be multi-byte anywhere).
+    pub fn detail(&self) -> String {
+        let mut detail = self.to_string();
+        detail.truncate(floor_char_boundary(&detail, MAX_DETAIL_BYTES));
+        detail
+    }
+}
+
+/// Longest `x-dlq-detail` value, in bytes.
+pub const MAX_DETAIL_BYTES: usize = 1000;
+
+/// The largest index ≤ `max` that is a character boundary of `s`.
+pub fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if max >= s.len() {
+        return s.len();
+    }
+    (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
+}
+
+/// Timestamps must not precede this (RFC 3339); nothing was captured before it.
+pub const EARLIEST_TIMESTAMP: &str = "2000-01-01T00:00:00Z";
+/// How far a timestamp may lie after its receipt (clock skew between hosts).
+pub const FUTURE_SLACK_SECS: i64 = 300;
+/// Longest chunk a consumer processes.
+pub const MAX_CHUNK_MS: u64 = 10_000;
+
+/// What a consumer knows of a delivery besides its body: the AMQP properties the contract
+/// constrains. Absent properties are not checked (producers should set them all).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Envelope<'a> {
+    /// `content_type`: when present, must be `application/json` (parameters allowed).
+    pub content_type: Option<&'a str>,
+    /// `content_encoding`: when present, must be empty or `identity`.
+    pub content_encoding: Option<&'a str>,
+    /// `message_id`: when present, must equal the body's `message_id`.
+    pub message_id: Option<&'a str>,
+    /// `x-schema` header: when present, must name the queue's message kind.
+    pub schema_header: Option<&'a str>,
+}
+
+/// A message type with the fields the contract checks beyond its schema.
+pub trait Message: for<'de> Deserialize<'de> {
+    const KIND: MessageKind;
+    fn id(&self) -> Uuid;
+    /// (field, value) of every timestamp, checked against [`EARLIEST_TIMESTAMP`] and receipt time.
+    fn timestamps(&self) -> Vec<(&'static str, DateTime<Utc>)>;
+}
+
+impl Message for AudioChunk {
+    const KIND: MessageKind = MessageKind::AudioChunk;
+    fn id(&self) -> Uuid {
+        self.message_id
+    }
+    fn timestamps(&self) -> Vec<(&'static str, DateTime<Utc>)> {
+        vec![("captured_at", self.captured_at)]
+    }
+}
+
+impl Message for FeatureA {
+    const KIND: MessageKind = MessageKind::FeatureA;
+    fn id(&self) -> Uuid {
+        self.message_id
+    }
+    fn timestamps(&self) -> Vec<(&'static str, DateTime<Utc>)> {
+        vec![("captured_at", self.captured_at), ("processed_at", self.processed_at)]
+    }
+}
+
+impl Message for FeatureB {
+    const KIND: MessageKind = MessageKind::FeatureB;
+    fn id(&self) -> Uuid {
+        self.message_id
+    }
+    fn timestamps(&self) -> Vec<(&'static str, DateTime<Utc>)> {
+        vec![("captured_at", self.captured_at), ("processed_at", self.processed_at)]
+    }
+}
+
+/// Validates one delivery as `T`, every check in the contract's precedence order ([`Rejection::CODES`]):
+/// size, properties, `x-schema`, JSON, version, sample rate, schema, `message_id` property,
+/// timestamps. `now` is the receipt time. (Audio decoding checks come after, in
+/// [`AudioChunk::decode_samples`].)
+pub fn decode_delivery<T: Message>(
+    body: &[u8],
+    envelope: &Envelope<'_>,
+    max_bytes: usize,
+    now: DateTime<Utc>,
+) -> Result<T, Rejection> {
+    if body.len() > max_bytes {
+        return Err(Rejection::Oversized { size: body.len(), limit: max_bytes });
+    }
+    if let Some(ct) = envelope.content_type
+        && !ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case(crate::amqp::CONTENT_TYPE))
+    {
+        return Err(Rejection::UnsupportedContentType(ct.chars().take(100).collect()));
+    }
+    if let Some(ce) = envelope.content_encoding
+        && !(ce.is_empty() || ce.eq_ignore_ascii_case("identity"))
+    {
+        return Err(Rejection::UnsupportedContentEncoding(ce.chars().take(100).collect()));
+    }
+    if let Some(h) = envelope.schema_header
+        && h != T::KIND.schema_header()
+    {
+        return Err(Rejection::SchemaHeaderMismatch {
+            header: h.chars().take(100).collect(),
+            expected: T::KIND.schema_header(),
+        });
+    }
+    let msg: T = decode(T::KIND, body, max_bytes)?;
+    if let Some(p) = envelope.message_id
+        && Uuid::parse_str(p).ok() != Some(msg.id())
+    {
+        return Err(Rejection::MessageIdMismatch {
+            property: p.chars().take(100).collect(),
+            body: msg.id().to_string(),
+        });
+    }
+    let earliest: DateTime<Utc> = EARLIEST_TIMESTAMP.parse().expect("a valid constant");
+    let latest = now + chrono::Duration::seconds(FUTURE_SLACK_SECS);
+    for (field, value) in msg.timestamps() {
+        if value < earliest || value > latest {
+            return Err(Rejection::TimestampOutOfRange {
+                field,
+                value: value.to_rfc3339(),
+                min: earliest.to_rfc3339(),
+                max: latest.to_rfc3339(),
+                future_slack_secs: FUTURE_SLACK_SECS,
+            });
+        }
+    }
+    Ok(msg)
 }
 
 /// Parses and validates a body as `kind`: size, JSON, version, schema, then typed decode.
@@ -217,12 +399,21 @@ impl AudioChunk {
         }
         let samples: Vec<f32> = match self.encoding {
             Encoding::PcmF32le => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Encoding::PcmS16le => {
-                bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / i16::MAX as f32).collect()
-            }
+            // i16::MIN would decode to -1.00003: full scale is [-1, 1].
+            Encoding::PcmS16le => bytes
+                .chunks_exact(2)
+                .map(|b| (i16::from_le_bytes([b[0], b[1]]) as f32 / i16::MAX as f32).max(-1.0))
+                .collect(),
         };
         if let Some((index, &value)) = samples.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(Rejection::NonFiniteSample { index, value });
+        }
+        if let Some((index, &value)) = samples.iter().enumerate().find(|(_, v)| v.abs() > 1.0) {
+            return Err(Rejection::SampleOutOfRange { index, value });
+        }
+        let frames = bytes.len() / frame_bytes;
+        if frames as u64 * 1000 > MAX_CHUNK_MS * self.sample_rate as u64 {
+            return Err(Rejection::ChunkTooLong { frames, sample_rate: self.sample_rate, max_ms: MAX_CHUNK_MS });
         }
         Ok(samples)
     }
@@ -467,6 +658,76 @@ mod tests {
         let c = AudioChunk::from_samples("s", 0, Utc::now(), 16_000, 1, Encoding::PcmF32le, &[0.1, f32::NAN]);
         let err = c.decode_samples().unwrap_err();
         assert!(matches!(err, Rejection::NonFiniteSample { index: 1, value } if value.is_nan()), "{err}");
+    }
+
+    fn envelope_for(c: &AudioChunk) -> String {
+        c.message_id.to_string()
+    }
+
+    #[rstest]
+    #[case::content_type(Envelope { content_type: Some("text/plain"), ..Default::default() }, "unsupported_content_type")]
+    #[case::encoding(Envelope { content_encoding: Some("gzip"), ..Default::default() }, "unsupported_content_encoding")]
+    #[case::schema_header(Envelope { schema_header: Some("feature_a/v1"), ..Default::default() }, "schema_header_mismatch")]
+    #[case::message_id(Envelope { message_id: Some("not-the-body-id"), ..Default::default() }, "message_id_mismatch")]
+    fn contradicting_properties_are_refused(#[case] env: Envelope<'static>, #[case] code: &str) {
+        let body = check_outgoing(MessageKind::AudioChunk, &chunk()).unwrap();
+        let err = decode_delivery::<AudioChunk>(&body, &env, 1 << 20, Utc::now()).unwrap_err();
+        assert_eq!(err.code(), code, "{err}");
+    }
+
+    #[test]
+    fn matching_properties_pass_and_charset_parameters_are_fine() {
+        let c = chunk();
+        let id = envelope_for(&c);
+        let env = Envelope {
+            content_type: Some("application/json; charset=utf-8"),
+            content_encoding: Some(""),
+            message_id: Some(&id),
+            schema_header: Some("audio_chunk/v1"),
+        };
+        let body = check_outgoing(MessageKind::AudioChunk, &c).unwrap();
+        assert_eq!(decode_delivery::<AudioChunk>(&body, &env, 1 << 20, Utc::now()).unwrap(), c);
+    }
+
+    #[rstest]
+    #[case::future("2999-01-01T00:00:00Z")]
+    #[case::epoch("1970-01-01T00:00:00Z")]
+    fn timestamps_outside_the_window_are_refused(#[case] at: &str) {
+        let mut c = chunk();
+        c.captured_at = at.parse().unwrap();
+        let body = check_outgoing(MessageKind::AudioChunk, &c).unwrap();
+        let err = decode_delivery::<AudioChunk>(&body, &Envelope::default(), 1 << 20, Utc::now()).unwrap_err();
+        assert_eq!(err.code(), "timestamp_out_of_range", "{err}");
+    }
+
+    #[test]
+    fn samples_beyond_full_scale_and_overlong_chunks_are_refused() {
+        let loud = AudioChunk::from_samples("s", 0, Utc::now(), 8000, 1, Encoding::PcmF32le, &[0.5, f32::MAX]);
+        assert_eq!(loud.decode_samples().unwrap_err().code(), "sample_out_of_range");
+        let long = AudioChunk::from_samples("s", 0, Utc::now(), 8000, 1, Encoding::PcmF32le, &vec![0.1; 80_001]);
+        assert_eq!(long.decode_samples().unwrap_err().code(), "chunk_too_long");
+        let s16_min =
+            AudioChunk { samples: base64::engine::general_purpose::STANDARD.encode(i16::MIN.to_le_bytes()), ..chunk() };
+        assert_eq!(s16_min.decode_samples().unwrap_err().code(), "partial_frame", "f32 chunk with 2 bytes");
+    }
+
+    #[test]
+    fn a_detail_is_cut_at_a_character_boundary() {
+        let r = Rejection::InvalidJson("é".repeat(2000));
+        let d = r.detail();
+        assert!(d.len() <= MAX_DETAIL_BYTES && d.len() >= MAX_DETAIL_BYTES - 3, "{}", d.len());
+        for offset in 0..4 {
+            let r = Rejection::InvalidJson(format!("{}{}", "a".repeat(offset), "😀".repeat(400)));
+            assert!(r.detail().len() <= MAX_DETAIL_BYTES);
+        }
+    }
+
+    #[test]
+    fn every_code_is_listed_once() {
+        let mut codes = Rejection::CODES.to_vec();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Rejection::CODES.len());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 @load @rest
 Feature: REST API latency and errors under load
-  The API answers many concurrent readers quickly and correctly. Latency percentiles come from
-  HdrHistograms corrected for coordinated omission at each user's send interval; with several
-  workers their histograms are added, never their percentiles averaged. A 429 is rate limiting,
+  The API answers many concurrent readers quickly and correctly. Users send on schedules of
+  their own and latency is measured from each request's intended send time (corrected for
+  coordinated omission), in HdrHistograms; with several workers the histograms are added, never
+  their percentiles averaged. A 429 is rate limiting,
   not an error; a 200 whose body breaks the contract is an error.
 
   Scenario: Latest readers at 500 requests/s

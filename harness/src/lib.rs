@@ -22,6 +22,7 @@ pub mod api;
 pub mod config;
 pub mod env;
 pub mod eventually;
+pub mod fuzz;
 pub mod http_raw;
 pub mod json_match;
 pub mod ledger;

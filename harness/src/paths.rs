@@ -33,9 +33,14 @@ fn is_root(dir: &Path) -> bool {
     dir.join("features").is_dir() && dir.join("fixtures/contracts").is_dir()
 }
 
-/// The feature files to run: `QA_FEATURES` (a file or a directory), else `<root>/features`.
+/// The feature files to run: `QA_FEATURES` (a file or a directory; relative to the checkout's
+/// root), else `<root>/features`.
 pub fn features(root: &Path) -> PathBuf {
-    std::env::var_os("QA_FEATURES").map(PathBuf::from).unwrap_or_else(|| root.join("features"))
+    match std::env::var_os("QA_FEATURES").map(PathBuf::from) {
+        Some(p) if p.is_relative() => root.join(p),
+        Some(p) => p,
+        None => root.join("features"),
+    }
 }
 
 /// A fresh run id: 8 hex digits (valid in database, queue and sensor names).

@@ -195,6 +195,18 @@ impl Db {
         self.rows(&sql, &[&message_id]).await
     }
 
+    /// Rows whose message id is one of `ids`.
+    pub async fn rows_by_message_ids(&self, ids: &[Uuid]) -> anyhow::Result<Vec<FeatureRow>> {
+        let sql = format!("SELECT {COLUMNS} FROM features WHERE message_id = ANY($1) ORDER BY id");
+        self.rows(&sql, &[&ids]).await
+    }
+
+    /// Rows derived from any of the audio chunks `ids`.
+    pub async fn rows_by_source_ids(&self, ids: &[Uuid]) -> anyhow::Result<Vec<FeatureRow>> {
+        let sql = format!("SELECT {COLUMNS} FROM features WHERE source_message_id = ANY($1) ORDER BY id");
+        self.rows(&sql, &[&ids]).await
+    }
+
     /// How many A and B rows derive from one audio chunk.
     pub async fn count_by_source(&self, source_message_id: Uuid) -> anyhow::Result<(i64, i64)> {
         let row = self

@@ -239,6 +239,25 @@ impl Processes {
         }
     }
 
+    /// (instance id, pid) of every running instance, for reading their `/proc` figures.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let g = self.running.lock().expect("proc lock");
+        g.values().flatten().filter_map(|i| Some((i.id.clone(), i.child.id()?))).collect()
+    }
+
+    /// Instances the harness did not stop that have exited (a crash, a panic, an exit of its
+    /// own), with their exit status. A healthy component never exits by itself.
+    pub fn exited(&self) -> Vec<(String, String)> {
+        let mut g = self.running.lock().expect("proc lock");
+        let mut out = Vec::new();
+        for inst in g.values_mut().flatten() {
+            if let Ok(Some(status)) = inst.child.try_wait() {
+                out.push((inst.id.clone(), status.to_string()));
+            }
+        }
+        out
+    }
+
     pub fn log_dir(&self) -> &std::path::Path {
         &self.log_dir
     }

@@ -82,8 +82,18 @@ async fn handle(
     n: u64,
 ) -> Result<(), ServiceError> {
     let queue = names.audio_stream();
-    let result = contract::decode::<AudioChunk>(MessageKind::AudioChunk, &delivery.data, max_bytes)
-        .and_then(|chunk| process(&chunk, instance));
+    // Decoding and DSP are CPU work: off the async workers (a maximal chunk must not stall the
+    // other deliveries or the health endpoint), and a panic is a dead letter, not a crash loop.
+    let props = crate::amqp::DeliveryProps::of(&delivery);
+    let (data, id) = (delivery.data.clone(), instance.to_string());
+    let result = tokio::task::spawn_blocking(move || {
+        crate::amqp::guarded(|| {
+            let chunk: AudioChunk = contract::decode_delivery(&data, &props.envelope(), max_bytes, Utc::now())?;
+            process(&chunk, &id)
+        })
+    })
+    .await
+    .unwrap_or_else(|e| Err(Rejection::ProcessingFailed(format!("the processing task failed: {e}"))));
     let feature = match result {
         Ok(f) => f,
         Err(rejection) => {

@@ -101,7 +101,7 @@ async fn handle(
 ) -> Result<(), ServiceError> {
     let queue = names.algorithm_b_queue();
     let dlq = DeadLetters::new(names, &Names::dlq_of(&queue), &queue, instance);
-    let a = match contract::decode::<FeatureA>(MessageKind::FeatureA, &delivery.data, max_bytes) {
+    let a = match crate::amqp::guarded(|| crate::amqp::decode_delivery::<FeatureA>(&delivery, max_bytes)) {
         Ok(a) => a,
         Err(rejection) => {
             dead_letter(ch, &delivery, &dlq, &rejection).await?;
@@ -113,9 +113,12 @@ async fn handle(
         delivery.ack(BasicAckOptions::default()).await?;
         return Ok(());
     }
-    let b = process(&a, instance);
-    let body = match contract::check_outgoing(MessageKind::FeatureB, &b) {
-        Ok(body) => body,
+    let processed = crate::amqp::guarded(|| {
+        let b = process(&a, instance);
+        contract::check_outgoing(MessageKind::FeatureB, &b).map(|body| (b, body))
+    });
+    let (b, body) = match processed {
+        Ok(done) => done,
         Err(rejection) => {
             dead_letter(ch, &delivery, &dlq, &rejection).await?;
             return Ok(());

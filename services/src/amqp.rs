@@ -33,6 +33,66 @@ pub async fn connect(
     }
 }
 
+/// Fault injection (`amqp.fault_byte_truncate_detail`), set once at start-up: see [`copy_to_dead_letter`].
+pub static FAULT_BYTE_TRUNCATE_DETAIL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The AMQP properties the contract checks, taken from a delivery (owned, since lapin's
+/// headers are not plain strings).
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryProps {
+    /// `content_type` property.
+    pub content_type: Option<String>,
+    /// `content_encoding` property.
+    pub content_encoding: Option<String>,
+    /// `message_id` property.
+    pub message_id: Option<String>,
+    /// `x-schema` header.
+    pub schema: Option<String>,
+}
+
+impl DeliveryProps {
+    pub fn of(delivery: &Delivery) -> Self {
+        let p = &delivery.properties;
+        Self {
+            content_type: p.content_type().as_ref().map(|s| s.as_str().to_string()),
+            content_encoding: p.content_encoding().as_ref().map(|s| s.as_str().to_string()),
+            message_id: p.message_id().as_ref().map(|s| s.as_str().to_string()),
+            schema: header_str(p, contract::HEADER_SCHEMA),
+        }
+    }
+    pub fn envelope(&self) -> contract::Envelope<'_> {
+        contract::Envelope {
+            content_type: self.content_type.as_deref(),
+            content_encoding: self.content_encoding.as_deref(),
+            message_id: self.message_id.as_deref(),
+            schema_header: self.schema.as_deref(),
+        }
+    }
+}
+
+/// Validates a delivery as `T` (every contract check, in precedence order).
+pub fn decode_delivery<T: contract::Message>(delivery: &Delivery, max_bytes: usize) -> Result<T, Rejection> {
+    let props = DeliveryProps::of(delivery);
+    contract::decode_delivery(&delivery.data, &props.envelope(), max_bytes, chrono::Utc::now())
+}
+
+/// Runs `f`, turning a panic into a [`Rejection::ProcessingFailed`], so one message that trips
+/// a bug is dead-lettered instead of crashing the consumer into a redelivery loop. The panic is
+/// still printed to stderr (the harness counts it as a logged problem).
+pub fn guarded<T>(f: impl FnOnce() -> Result<T, Rejection>) -> Result<T, Rejection> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(Rejection::ProcessingFailed(format!("panicked: {what}")))
+        }
+    }
+}
+
 /// Where one consumer's dead letters go: the namespace's dead-letter exchange, routed by the
 /// DLQ's name (so the DLQ and any observer bound under that key get a copy), plus the headers
 /// that say where and by whom a message was rejected.
@@ -81,8 +141,13 @@ pub async fn copy_to_dead_letter(
 ) -> Result<(), AmqpError> {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(HEADER_DLQ_REASON.into(), AMQPValue::LongString(rejection.code().into()));
-    let mut detail = rejection.to_string();
-    detail.truncate(1000);
+    let detail = if FAULT_BYTE_TRUNCATE_DETAIL.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut d = rejection.to_string();
+        d.truncate(contract::MAX_DETAIL_BYTES.min(d.len())); // the fault: panics inside a character
+        d
+    } else {
+        rejection.detail()
+    };
     headers.insert(HEADER_DLQ_DETAIL.into(), AMQPValue::LongString(detail.into()));
     headers.insert(HEADER_DLQ_QUEUE.into(), AMQPValue::LongString(route.source_queue.as_str().into()));
     headers.insert(HEADER_DLQ_CONSUMER.into(), AMQPValue::LongString(route.consumer.as_str().into()));

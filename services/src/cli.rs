@@ -72,6 +72,12 @@ async fn run(cli: Cli) -> Result<(), ServiceError> {
     if let Some(id) = cli.instance_id {
         settings.instance_id = Some(id);
     }
+    if settings.amqp.fault_byte_truncate_detail {
+        tracing::warn!(
+            "FAULT INJECTION ACTIVE: amqp.fault_byte_truncate_detail cuts dead-letter details inside characters"
+        );
+        crate::amqp::FAULT_BYTE_TRUNCATE_DETAIL.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let shutdown = shutdown_on_signals();
     match cli.command {
         Command::Sensor => {

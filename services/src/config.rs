@@ -46,6 +46,9 @@ pub struct AmqpSettings {
     /// Reconnect backoff bounds when the broker goes away.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// Fault injection: cut `x-dlq-detail` at byte 1000 even inside a multi-byte character
+    /// (a panic on hostile UTF-8), so the harness can prove its fuzzer notices. Never in production.
+    pub fault_byte_truncate_detail: bool,
 }
 
 impl Default for AmqpSettings {
@@ -56,6 +59,7 @@ impl Default for AmqpSettings {
             max_message_bytes: 4 * 1024 * 1024,
             reconnect_min_ms: 100,
             reconnect_max_ms: 5_000,
+            fault_byte_truncate_detail: false,
         }
     }
 }
@@ -104,11 +108,23 @@ pub struct DataWriterSettings {
     /// Fault injection: write without `ON CONFLICT DO NOTHING` and drop the UNIQUE index,
     /// so the harness can prove it notices duplicated rows. Never set in production.
     pub fault_ignore_unique: bool,
+    /// Fault injection: trust the input (no schema check, only a typed decode) and requeue a
+    /// batch the database refuses, forever: one bad row stops all writes. Never in production.
+    pub fault_retry_rejected: bool,
+    /// Fault injection: accept `processed_by` beyond its 128-character bound. Never in production.
+    pub fault_unbounded_processed_by: bool,
 }
 
 impl Default for DataWriterSettings {
     fn default() -> Self {
-        Self { batch_size: 100, flush_interval_ms: 0, prefetch: 400, fault_ignore_unique: false }
+        Self {
+            batch_size: 100,
+            flush_interval_ms: 0,
+            prefetch: 400,
+            fault_ignore_unique: false,
+            fault_retry_rejected: false,
+            fault_unbounded_processed_by: false,
+        }
     }
 }
 
@@ -263,6 +279,9 @@ impl Settings {
         set!("APQ_WRITER_FLUSH_INTERVAL_MS", self.data_writer.flush_interval_ms);
         set!("APQ_WRITER_PREFETCH", self.data_writer.prefetch);
         set!("APQ_WRITER_FAULT_IGNORE_UNIQUE", self.data_writer.fault_ignore_unique);
+        set!("APQ_WRITER_FAULT_RETRY_REJECTED", self.data_writer.fault_retry_rejected);
+        set!("APQ_WRITER_FAULT_UNBOUNDED_PROCESSED_BY", self.data_writer.fault_unbounded_processed_by);
+        set!("APQ_FAULT_BYTE_TRUNCATE_DETAIL", self.amqp.fault_byte_truncate_detail);
         set_str!("APQ_API_BIND", self.rest_api.bind);
         if let Some(v) = get("APQ_API_TOKENS") {
             self.rest_api.tokens = v.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect();

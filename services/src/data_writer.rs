@@ -55,11 +55,29 @@ impl Batch {
     }
 }
 
-/// Validates one body as the feature type of the queue it came from.
-pub fn decode(feature_type: FeatureType, body: &[u8], max_bytes: usize) -> Result<AnyFeature, Rejection> {
-    let feature = match feature_type {
-        FeatureType::A => AnyFeature::A(contract::decode::<FeatureA>(feature_type.kind(), body, max_bytes)?),
-        FeatureType::B => AnyFeature::B(contract::decode::<FeatureB>(feature_type.kind(), body, max_bytes)?),
+/// Validates one delivery as the feature type of the queue it came from (every contract check).
+pub fn decode(
+    feature_type: FeatureType,
+    body: &[u8],
+    envelope: &contract::Envelope<'_>,
+    max_bytes: usize,
+    faults: &Faults,
+) -> Result<AnyFeature, Rejection> {
+    let now = chrono::Utc::now();
+    let checked = match feature_type {
+        FeatureType::A => contract::decode_delivery::<FeatureA>(body, envelope, max_bytes, now).map(AnyFeature::A),
+        FeatureType::B => contract::decode_delivery::<FeatureB>(body, envelope, max_bytes, now).map(AnyFeature::B),
+    };
+    let feature = match checked {
+        Ok(f) => f,
+        // The faults: trust the input (typed decode only) instead of the contract's checks.
+        Err(Rejection::SchemaViolation { ref path, .. })
+            if faults.unbounded_processed_by && path == "/processed_by" =>
+        {
+            untrusted(feature_type, body)?
+        }
+        Err(_) if faults.retry_rejected => untrusted(feature_type, body)?,
+        Err(rejection) => return Err(rejection),
     };
     // The schema allows any non-negative integer; the column is a BIGINT.
     if let Err(e) = crate::db::sequence_to_db(feature.sequence()) {
@@ -68,11 +86,36 @@ pub fn decode(feature_type: FeatureType, body: &[u8], max_bytes: usize) -> Resul
     Ok(feature)
 }
 
+/// The writer's fault-injection switches (all off in production).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// `data_writer.fault_retry_rejected`: no contract checks, and a refused batch is requeued forever.
+    pub retry_rejected: bool,
+    /// `data_writer.fault_unbounded_processed_by`: `processed_by` accepted beyond its bound.
+    pub unbounded_processed_by: bool,
+}
+
+/// A typed decode without the contract's checks (fault injection only).
+fn untrusted(feature_type: FeatureType, body: &[u8]) -> Result<AnyFeature, Rejection> {
+    let bad = |e: serde_json::Error| Rejection::InvalidJson(e.to_string());
+    Ok(match feature_type {
+        FeatureType::A => AnyFeature::A(serde_json::from_slice(body).map_err(bad)?),
+        FeatureType::B => AnyFeature::B(serde_json::from_slice(body).map_err(bad)?),
+    })
+}
+
 /// Runs one data writer until `shutdown`.
 pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken) {
     let instance = settings.instance_id(COMPONENT);
     let names = Names::new(&settings.amqp.namespace);
     let announced = AtomicBool::new(false);
+    let faults = Faults {
+        retry_rejected: settings.data_writer.fault_retry_rejected,
+        unbounded_processed_by: settings.data_writer.fault_unbounded_processed_by,
+    };
+    if faults.retry_rejected || faults.unbounded_processed_by {
+        tracing::warn!(?faults, "FAULT INJECTION ACTIVE: the data writer trusts its input; never use in production");
+    }
     if settings.data_writer.fault_ignore_unique {
         tracing::warn!(
             "FAULT INJECTION ACTIVE: data_writer.fault_ignore_unique drops UNIQUE(message_id) and inserts \
@@ -80,7 +123,7 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
         );
     }
     supervise(COMPONENT, &settings.amqp, &health, &shutdown, |conn| {
-        let (settings, names, instance) = (&settings, &names, &instance);
+        let (settings, names, instance, faults) = (&settings, &names, &instance, faults);
         let (health, shutdown, announced) = (&health, &shutdown, &announced);
         async move {
             let min = Duration::from_millis(settings.amqp.reconnect_min_ms);
@@ -99,6 +142,11 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
             topology::bound_queue(&ch_a, names, &names.features_a(), &queue_a).await?;
             topology::bound_queue(&ch_b, names, &names.features_b(), &queue_b).await?;
             let (tag_a, tag_b) = (format!("{instance}.a"), format!("{instance}.b"));
+            let sinks = Sinks {
+                a: (ch_a.clone(), DeadLetters::new(names, &Names::dlq_of(&queue_a), &queue_a, instance)),
+                b: (ch_b.clone(), DeadLetters::new(names, &Names::dlq_of(&queue_b), &queue_b, instance)),
+                retry_rejected: faults.retry_rejected,
+            };
             let mut consumers = Vec::new();
             for (ch, queue, tag) in [(&ch_a, &queue_a, &tag_a), (&ch_b, &queue_b, &tag_b)] {
                 ch.basic_qos(settings.data_writer.prefetch, BasicQosOptions::default()).await?;
@@ -127,7 +175,7 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = sleep_until(deadline), if !batch.is_empty() => {
-                        flush(&db, &insert, &mut batch, &mut acks).await?;
+                        flush(&db, &insert, &mut batch, &mut acks, &sinks).await?;
                     }
                     next = deliveries.next() => {
                         let mut next = Some(next);
@@ -139,7 +187,9 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                                 None => return Err(ServiceError::Other("consumer stream ended".into())),
                             };
                             let (ch, queue) = if feature_type == FeatureType::A { (&ch_a, &queue_a) } else { (&ch_b, &queue_b) };
-                            match decode(feature_type, &delivery.data, settings.amqp.max_message_bytes) {
+                            let props = crate::amqp::DeliveryProps::of(&delivery);
+                            let max = settings.amqp.max_message_bytes;
+                            match crate::amqp::guarded(|| decode(feature_type, &delivery.data, &props.envelope(), max, &faults)) {
                                 Ok(row) => batch.push(row, delivery),
                                 Err(rejection) => {
                                     dead_letter(ch, &delivery, &DeadLetters::new(names, &Names::dlq_of(queue), queue, instance), &rejection).await?;
@@ -150,7 +200,7 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                             }
                         }
                         if batch.len() >= settings.data_writer.batch_size || flush_every.is_zero() {
-                            flush(&db, &insert, &mut batch, &mut acks).await?;
+                            flush(&db, &insert, &mut batch, &mut acks, &sinks).await?;
                         }
                     }
                 }
@@ -160,7 +210,7 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
             for (ch, tag) in [(&ch_a, &tag_a), (&ch_b, &tag_b)] {
                 ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await.ok();
             }
-            if let Err(e) = flush(&db, &insert, &mut batch, &mut acks).await {
+            if let Err(e) = flush(&db, &insert, &mut batch, &mut acks, &sinks).await {
                 tracing::warn!(error = %e, "final flush failed; the batch was requeued");
             }
             if let Err(e) = acks.finish().await {
@@ -184,15 +234,28 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Where a row the database refuses goes: each queue's channel and dead-letter route.
+struct Sinks {
+    /// Feature A queue's channel and its DLQ.
+    a: (lapin::Channel, DeadLetters),
+    /// Feature B queue's channel and its DLQ.
+    b: (lapin::Channel, DeadLetters),
+    /// Fault injection: requeue a refused batch forever instead of isolating the bad rows.
+    retry_rejected: bool,
+}
+
 /// Writes the batch with one statement (its own transaction, one round trip), then starts its
 /// acks on `acks` (the loop goes on reading meanwhile; an ack lost to a crash only means a
-/// redelivery, which the UNIQUE key absorbs). On a database error the deliveries are requeued
-/// and the error is returned, so the session restarts (and reconnects).
+/// redelivery, which the UNIQUE key absorbs). When the database refuses the data, the rows are
+/// written one by one and each refused row is dead-lettered (`rejected_by_database`), so one bad
+/// row never blocks the others. On any other database error the deliveries are requeued and the
+/// error is returned, so the session restarts (and reconnects).
 async fn flush(
     db: &tokio_postgres::Client,
     insert: &tokio_postgres::Statement,
     batch: &mut Batch,
     acks: &mut Acks,
+    sinks: &Sinks,
 ) -> Result<(), ServiceError> {
     if batch.is_empty() {
         return Ok(());
@@ -212,6 +275,10 @@ async fn flush(
             }
             Ok(())
         }
+        Err(e) if e.is_refusal() && !sinks.retry_rejected => {
+            tracing::warn!(error = %e, batch = taken.len(), "the database refused a batch; writing its rows one by one");
+            isolate(db, insert, taken, acks, sinks).await
+        }
         Err(e) => {
             // Behind the acks of earlier batches; the session then restarts, and whatever is
             // still unsettled when the channel closes is requeued by the broker anyway.
@@ -223,12 +290,47 @@ async fn flush(
     }
 }
 
+/// Writes a refused batch row by row: a written row is acked, a refused one dead-lettered, and
+/// at the first error of another kind everything not yet settled is requeued.
+async fn isolate(
+    db: &tokio_postgres::Client,
+    insert: &tokio_postgres::Statement,
+    taken: Batch,
+    acks: &mut Acks,
+    sinks: &Sinks,
+) -> Result<(), ServiceError> {
+    let mut pending = taken.rows.into_iter().zip(taken.deliveries);
+    while let Some((row, (feature_type, delivery))) = pending.next() {
+        match crate::db::insert_prepared(db, insert, std::slice::from_ref(&row)).await {
+            Ok(_) => acks.send(Settle::AckOne(delivery.acker.clone())),
+            Err(e) if e.is_refusal() => {
+                let (ch, route) = if feature_type == FeatureType::A { &sinks.a } else { &sinks.b };
+                crate::amqp::copy_to_dead_letter(ch, &delivery, route, &Rejection::RejectedByDatabase(e.to_string()))
+                    .await?;
+                acks.send(Settle::AckOne(delivery.acker.clone()));
+            }
+            Err(e) => {
+                acks.send(Settle::RequeueOne(delivery.acker.clone()));
+                for (_, (_, d)) in pending {
+                    acks.send(Settle::RequeueOne(d.acker.clone()));
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// How to settle a batch's deliveries (always `multiple`, up to the delivery named).
 enum Settle {
     /// Committed: remove them from the queue.
     Ack(lapin::Acker),
     /// Not written: give them back to the queue.
     Requeue(lapin::Acker),
+    /// One row written (or dead-lettered) on its own, after its batch was refused.
+    AckOne(lapin::Acker),
+    /// One row of a refused batch not yet written: back to the queue.
+    RequeueOne(lapin::Acker),
 }
 
 /// Sends multiple-acks (and requeues) in the order they were queued, on a task of their own.
@@ -250,6 +352,10 @@ impl Acks {
                     Settle::Ack(acker) => acker.ack(BasicAckOptions { multiple: true }).await.map(drop)?,
                     Settle::Requeue(acker) => {
                         acker.nack(BasicNackOptions { multiple: true, requeue: true }).await.map(drop)?
+                    }
+                    Settle::AckOne(acker) => acker.ack(BasicAckOptions { multiple: false }).await.map(drop)?,
+                    Settle::RequeueOne(acker) => {
+                        acker.nack(BasicNackOptions { multiple: false, requeue: true }).await.map(drop)?
                     }
                 }
             }
@@ -307,7 +413,7 @@ mod tests {
     #[test]
     fn a_valid_feature_b_decodes() {
         let body = serde_json::to_vec(&feature_b_json()).unwrap();
-        let f = decode(FeatureType::B, &body, 1 << 20).unwrap();
+        let f = decode(FeatureType::B, &body, &Default::default(), 1 << 20, &Faults::default()).unwrap();
         assert_eq!(f.feature_type(), FeatureType::B);
         assert_eq!(f.sequence(), 3);
     }
@@ -325,13 +431,18 @@ mod tests {
         if !sequence.is_null() {
             v["sequence"] = sequence;
         }
-        let err = decode(queue_type, &serde_json::to_vec(&v).unwrap(), 1 << 20).unwrap_err();
+        let err =
+            decode(queue_type, &serde_json::to_vec(&v).unwrap(), &Default::default(), 1 << 20, &Faults::default())
+                .unwrap_err();
         assert_eq!(err.code(), code, "{err}");
     }
 
     #[test]
     fn oversized_bodies_are_rejected() {
         let body = serde_json::to_vec(&feature_b_json()).unwrap();
-        assert_eq!(decode(FeatureType::B, &body, 10).unwrap_err().code(), "oversized_payload");
+        assert_eq!(
+            decode(FeatureType::B, &body, &Default::default(), 10, &Faults::default()).unwrap_err().code(),
+            "oversized_payload"
+        );
     }
 }

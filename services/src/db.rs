@@ -32,6 +32,20 @@ pub enum DbError {
     Schema(String),
 }
 
+impl DbError {
+    /// Whether the database refused the data itself (a data exception, an integrity or a size
+    /// violation): retrying the same rows can never succeed, unlike a lost connection.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            DbError::OutOfRange { .. } => true,
+            DbError::Postgres(e) => {
+                e.code().is_some_and(|c| ["22", "23", "54"].iter().any(|class| c.code().starts_with(class)))
+            }
+            DbError::Schema(_) => false,
+        }
+    }
+}
+
 impl From<DbError> for ServiceError {
     fn from(e: DbError) -> Self {
         match e {

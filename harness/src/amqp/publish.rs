@@ -25,6 +25,8 @@ pub struct RawMessage {
     /// `x-sensor-id` header (attribution of unparseable bodies).
     pub sensor_id: Option<String>,
     pub content_type: Option<String>,
+    /// AMQP `content_encoding` (absent when None).
+    pub content_encoding: Option<String>,
     pub headers: Vec<(String, String)>,
 }
 
@@ -66,7 +68,15 @@ impl Publisher {
         if let Some(s) = &msg.sensor_id {
             headers.insert(HEADER_SENSOR_ID.into(), AMQPValue::LongString(s.as_str().into()));
         }
-        headers.insert(HEADER_SCHEMA.into(), AMQPValue::LongString(MessageKind::AudioChunk.schema_header().into()));
+        // The x-schema a well-behaved producer sends to this destination (a step may override it).
+        let kind = if exchange == self.names.features_a() {
+            MessageKind::FeatureA
+        } else if exchange == self.names.features_b() {
+            MessageKind::FeatureB
+        } else {
+            MessageKind::AudioChunk
+        };
+        headers.insert(HEADER_SCHEMA.into(), AMQPValue::LongString(kind.schema_header().into()));
         for (k, v) in &msg.headers {
             headers.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
         }
@@ -75,9 +85,26 @@ impl Publisher {
             props = props.with_message_id(id.as_str().into());
         }
         props = props.with_content_type(msg.content_type.as_deref().unwrap_or("application/json").into());
+        if let Some(ce) = &msg.content_encoding {
+            props = props.with_content_encoding(ce.as_str().into());
+        }
         contract::amqp::publish_confirmed(&self.channel, exchange, routing_key, &msg.body, props)
             .await
             .with_context(|| format!("publishing {} raw bytes to {exchange:?}/{routing_key:?}", msg.body.len()))
+    }
+
+    /// Publishes bytes with exactly the given properties (no defaults added): for hostile
+    /// inputs whose properties are the point.
+    pub async fn exact(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> anyhow::Result<()> {
+        contract::amqp::publish_confirmed(&self.channel, exchange, routing_key, body, props)
+            .await
+            .with_context(|| format!("publishing {} bytes to {exchange:?}/{routing_key:?}", body.len()))
     }
 
     pub fn names(&self) -> &Names {

@@ -70,7 +70,7 @@ impl Captured {
             Some(j) => {
                 let mut s = j.to_string();
                 if s.len() > 240 {
-                    s.truncate(240);
+                    s.truncate(contract::floor_char_boundary(&s, 240)); // hostile bodies are multi-byte anywhere
                     s.push('…');
                 }
                 s

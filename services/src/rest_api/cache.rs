@@ -4,7 +4,7 @@
 
 use crate::amqp::{DeadLetters, copy_to_dead_letter};
 use crate::config::Settings;
-use crate::contract::{self, AnyFeature, FeatureA, FeatureB, FeatureType, Rejection};
+use crate::contract::{AnyFeature, FeatureA, FeatureB, FeatureType, Rejection};
 use crate::runtime::{Health, ServiceError, SessionEnd, supervise};
 use crate::topology::{self, Names};
 use axum::body::Bytes;
@@ -64,11 +64,17 @@ impl LatestCache {
     }
 }
 
-/// Validates one body as `feature_type`.
-pub fn decode(feature_type: FeatureType, body: &[u8], max_bytes: usize) -> Result<AnyFeature, Rejection> {
-    Ok(match feature_type {
-        FeatureType::A => AnyFeature::A(contract::decode::<FeatureA>(feature_type.kind(), body, max_bytes)?),
-        FeatureType::B => AnyFeature::B(contract::decode::<FeatureB>(feature_type.kind(), body, max_bytes)?),
+/// Validates one delivery as `feature_type` (every contract check).
+pub fn decode(
+    feature_type: FeatureType,
+    delivery: &lapin::message::Delivery,
+    max_bytes: usize,
+) -> Result<AnyFeature, Rejection> {
+    crate::amqp::guarded(|| {
+        Ok(match feature_type {
+            FeatureType::A => AnyFeature::A(crate::amqp::decode_delivery::<FeatureA>(delivery, max_bytes)?),
+            FeatureType::B => AnyFeature::B(crate::amqp::decode_delivery::<FeatureB>(delivery, max_bytes)?),
+        })
     })
 }
 
@@ -117,7 +123,7 @@ pub async fn run(
                             Some((t, q, d)) => (t, q, d?),
                             None => return Err(ServiceError::Other("cache consumer stream ended".into())),
                         };
-                        match decode(feature_type, &delivery.data, settings.amqp.max_message_bytes) {
+                        match decode(feature_type, &delivery, settings.amqp.max_message_bytes) {
                             Ok(feature) => {
                                 cache.offer(&feature, Bytes::copy_from_slice(&delivery.data));
                             }

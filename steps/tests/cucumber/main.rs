@@ -29,6 +29,7 @@ static PASSED: AtomicUsize = AtomicUsize::new(0);
 static FAILED: AtomicUsize = AtomicUsize::new(0);
 static FILTERED_CONTROL: AtomicUsize = AtomicUsize::new(0);
 static FILTERED_WRITES: AtomicUsize = AtomicUsize::new(0);
+static FILTERED_FUZZ: AtomicUsize = AtomicUsize::new(0);
 static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// The checkout being tested (found at run time).
@@ -60,6 +61,7 @@ async fn main() -> ExitCode {
     std::fs::create_dir_all(&cucumber_dir).expect("create the run's cucumber report folder");
     let features = harness::paths::features(&root);
     let writes_db = config.external_writes_db;
+    let external_fuzz = std::env::var_os("QA_EXTERNAL_FUZZ").is_some();
 
     let profile = config.profile;
     eprintln!("harness: profile {profile:?}; starting the environment …");
@@ -119,6 +121,10 @@ async fn main() -> ExitCode {
                 FILTERED_WRITES.fetch_add(1, Ordering::SeqCst);
                 return false;
             }
+            if external && !external_fuzz && tagged("fuzz") {
+                FILTERED_FUZZ.fetch_add(1, Ordering::SeqCst);
+                return false;
+            }
             true
         })
         .await;
@@ -133,6 +139,25 @@ async fn main() -> ExitCode {
             "skipped {filtered_control} scenario(s) tagged @needs-sut-control: the external profile cannot start, kill or scale the deployment's processes (run them with the local profile and QA_SUT_COMMAND=<your adapter>)"
         );
     }
+    let filtered_fuzz = FILTERED_FUZZ.load(Ordering::SeqCst);
+    if filtered_fuzz > 0 {
+        println!(
+            "skipped {filtered_fuzz} scenario(s) tagged @fuzz: hostile input fills the deployment's dead-letter queues (set QA_EXTERNAL_FUZZ=1 to allow it)"
+        );
+    }
+    if let Some(fuzz) = harness::fuzz::oracle::totals() {
+        let per_channel: Vec<String> = fuzz["per_channel"]
+            .as_object()
+            .map(|m| m.iter().map(|(c, o)| format!("{c} {o}")).collect())
+            .unwrap_or_default();
+        println!(
+            "hostile input: {} inputs checked ({:.0}/s with the oracle); {}",
+            fuzz["inputs"],
+            fuzz["inputs_per_second"].as_f64().unwrap_or(0.0),
+            per_channel.join("; ")
+        );
+        let _ = std::fs::write(report_dir.join("fuzz.json"), serde_json::to_vec_pretty(&fuzz).unwrap_or_default());
+    }
     if filtered_writes > 0 {
         println!(
             "skipped {filtered_writes} scenario(s) tagged @writes-db: they INSERT seed rows into the deployment's database (set QA_EXTERNAL_WRITES_DB=1 to allow it)"
@@ -144,7 +169,7 @@ async fn main() -> ExitCode {
     }
     let passed = PASSED.load(Ordering::SeqCst);
     let failed = FAILED.load(Ordering::SeqCst) + parse_errors;
-    write_summary(&cucumber_dir, passed, failed, filtered_control + filtered_writes, started);
+    write_summary(&cucumber_dir, passed, failed, filtered_control + filtered_writes + filtered_fuzz, started);
     println!("reports: {}", cucumber_dir.display());
     println!("behaviour suite wall time: {:.1}s", started.elapsed().as_secs_f64());
     println!("scenarios: {passed} passed, {failed} failed");
@@ -163,6 +188,7 @@ pub fn count(finished: &ScenarioFinished, extra_failure: bool) {
 fn write_summary(dir: &std::path::Path, passed: usize, failed: usize, filtered: usize, started: std::time::Instant) {
     let summary = serde_json::json!({
         "passed": passed, "failed": failed, "filtered": filtered,
+        "fuzz": harness::fuzz::oracle::totals(),
         "wall_time_secs": started.elapsed().as_secs_f64(),
     });
     let _ = std::fs::write(dir.join("summary.json"), serde_json::to_vec_pretty(&summary).unwrap_or_default());

@@ -86,7 +86,7 @@ impl FromStr for DurationParam {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Parameter)]
 #[param(
     name = "malformation",
-    regex = "not JSON|schema version 2|no sensor_id|a NaN sample|an infinite sample|sample rate 12345|an oversized payload|invalid base64|a partial frame|an invalid message_id|3 channels"
+    regex = "not JSON|schema version 2|no sensor_id|a NaN sample|an infinite sample|sample rate 12345|an oversized payload|invalid base64|a partial frame|an invalid message_id|3 channels|a sample beyond full scale|a capture time an hour ahead|a capture time in 1970|a message_id property that differs from the body|the x-schema header of Feature A|content type text/plain|gzip content encoding|a sensor id of 600 multi-byte characters|11 seconds of audio"
 )]
 pub enum Malformation {
     NotJson,
@@ -100,6 +100,15 @@ pub enum Malformation {
     PartialFrame,
     InvalidMessageId,
     ThreeChannels,
+    SampleBeyondFullScale,
+    FutureCaptureTime,
+    EpochCaptureTime,
+    MessageIdPropertyDiffers,
+    WrongSchemaHeader,
+    TextPlain,
+    Gzip,
+    MultibyteSensorId,
+    TooLong,
 }
 
 impl FromStr for Malformation {
@@ -117,7 +126,28 @@ impl FromStr for Malformation {
             "a partial frame" => Malformation::PartialFrame,
             "an invalid message_id" => Malformation::InvalidMessageId,
             "3 channels" => Malformation::ThreeChannels,
+            "a sample beyond full scale" => Malformation::SampleBeyondFullScale,
+            "a capture time an hour ahead" => Malformation::FutureCaptureTime,
+            "a capture time in 1970" => Malformation::EpochCaptureTime,
+            "a message_id property that differs from the body" => Malformation::MessageIdPropertyDiffers,
+            "the x-schema header of Feature A" => Malformation::WrongSchemaHeader,
+            "content type text/plain" => Malformation::TextPlain,
+            "gzip content encoding" => Malformation::Gzip,
+            "a sensor id of 600 multi-byte characters" => Malformation::MultibyteSensorId,
+            "11 seconds of audio" => Malformation::TooLong,
             other => return Err(format!("unknown malformation {other:?}")),
         })
+    }
+}
+
+/// An input channel of the pipeline, for hostile input.
+#[derive(Debug, Clone, Copy, Parameter)]
+#[param(name = "channel", regex = "audio stream|features_a fanout|features_b fanout")]
+pub struct ChannelParam(pub harness::fuzz::Channel);
+
+impl FromStr for ChannelParam {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.trim_end_matches(" fanout").parse().map(ChannelParam)
     }
 }

@@ -61,6 +61,8 @@ pub struct World {
     pub last_rows: Vec<FeatureRow>,
     /// When the scenario's time axis starts (captured_at of its first chunk).
     pub t0: DateTime<Utc>,
+    /// Hostile-input campaign of this scenario (steps/fuzz.rs).
+    pub fuzz: crate::steps::fuzz::FuzzState,
 }
 
 impl std::fmt::Debug for World {
@@ -105,6 +107,7 @@ impl World {
             // follows captured_at; microsecond precision because that is what PostgreSQL keeps.
             t0: DateTime::from_timestamp_micros((Utc::now() - chrono::Duration::minutes(10)).timestamp_micros())
                 .expect("now is representable"),
+            fuzz: Default::default(),
         })
     }
 
@@ -237,8 +240,12 @@ impl World {
             .collect()
     }
 
-    /// Messages a step broke on purpose are not contract violations of the SUT.
+    /// Messages a step broke on purpose are not contract violations of the SUT: raw messages a
+    /// step published, and hostile inputs (they carry the fuzzer's token header).
     pub fn deliberately_broken(&self, m: &Captured) -> bool {
+        if m.headers.contains_key(harness::fuzz::oracle::TOKEN_HEADER) {
+            return true;
+        }
         let ids = || self.raw_ids.values().flatten();
         let amqp = m.amqp_message_id.as_deref();
         let body = m.str_field("/message_id");

@@ -112,14 +112,51 @@ async fn publish_malformed(w: &mut World, sensor: String, how: Malformation) -> 
             v["channels"] = 3.into();
             serde_json::to_vec(&v)?
         }
+        Malformation::SampleBeyondFullScale => {
+            v["samples"] = f32_b64(&[0.1, f32::MAX, 0.2, 0.3]).into();
+            serde_json::to_vec(&v)?
+        }
+        Malformation::FutureCaptureTime => {
+            v["captured_at"] = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339().into();
+            serde_json::to_vec(&v)?
+        }
+        Malformation::EpochCaptureTime => {
+            v["captured_at"] = "1970-01-01T00:00:00Z".into();
+            serde_json::to_vec(&v)?
+        }
+        Malformation::MultibyteSensorId => {
+            // 1 200 bytes: the rejection detail quotes it, so a character straddles byte 1 000.
+            v["sensor_id"] = format!("a{}", "é".repeat(600)).into();
+            serde_json::to_vec(&v)?
+        }
+        Malformation::TooLong => {
+            v["samples"] = f32_b64(&vec![0.25; 16_000 * 11]).into();
+            serde_json::to_vec(&v)?
+        }
+        Malformation::MessageIdPropertyDiffers
+        | Malformation::WrongSchemaHeader
+        | Malformation::TextPlain
+        | Malformation::Gzip => serde_json::to_vec(&v)?,
     };
-    let message_id = uuid::Uuid::new_v4().to_string();
-    let msg = RawMessage {
+    // A well-behaved producer's AMQP message_id is the body's; only the property defects differ.
+    let message_id = match how {
+        Malformation::MessageIdPropertyDiffers => uuid::Uuid::new_v4().to_string(),
+        _ => good.message_id.to_string(),
+    };
+    let mut msg = RawMessage {
         body,
         message_id: Some(message_id.clone()),
         sensor_id: Some(sensor_id.clone()),
         ..Default::default()
     };
+    match how {
+        Malformation::WrongSchemaHeader => {
+            msg.headers.push((contract::HEADER_SCHEMA.into(), contract::MessageKind::FeatureA.schema_header().into()))
+        }
+        Malformation::TextPlain => msg.content_type = Some("text/plain".into()),
+        Malformation::Gzip => msg.content_encoding = Some("gzip".into()),
+        _ => {}
+    }
     w.pipeline().publisher.raw(&msg).await?;
     w.raw_ids.entry(sensor_id).or_default().push(message_id);
     Ok(())

@@ -5,6 +5,7 @@ pub mod api;
 pub mod audio;
 pub mod database;
 pub mod exchanges;
+pub mod fuzz;
 pub mod hooks;
 pub mod pipeline;
 pub mod sut;
