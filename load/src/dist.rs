@@ -167,10 +167,13 @@ pub fn decode(bytes: &[u8]) -> anyhow::Result<Histogram<u64>> {
 pub async fn run_share(plan: &RestPlan, target: Target) -> anyhow::Result<ShareRun> {
     let s = plan.share;
     let interval = if s.rate > 0 { Duration::from_secs_f64(s.users as f64 / s.rate as f64) } else { Duration::ZERO };
-    let state = RestState::with_recorder(target, Recorder::paced(interval, plan.keep_samples), s.user_offset);
+    // Paced users send on schedules of their own (not goose's --throttle-requests, which hands
+    // out tokens in bursts and would count the wait for one as latency).
+    let pace = (s.rate > 0).then_some((interval, s.users));
+    let state = RestState::paced(target, Recorder::paced(interval, plan.keep_samples), s.user_offset, pace);
     std::fs::create_dir_all(&plan.report_dir).with_context(|| format!("creating {}", plan.report_dir.display()))?;
     let json_report = plan.report_dir.join(format!("goose-worker-{}.json", s.index));
-    let mut args: Vec<String> = vec![
+    let args: Vec<String> = vec![
         "--host".into(),
         plan.api_url.clone(),
         "--users".into(),
@@ -186,10 +189,6 @@ pub async fn run_share(plan: &RestPlan, target: Target) -> anyhow::Result<ShareR
         "--report-file".into(),
         plan.report_dir.join(format!("goose-worker-{}.html", s.index)).display().to_string(),
     ];
-    if s.rate > 0 {
-        args.push("--throttle-requests".into());
-        args.push(s.rate.to_string());
-    }
     let config = attack::config_from(&args)?;
     let cpu = CpuMeter::start();
     let started_at = Utc::now();
@@ -375,7 +374,7 @@ impl RestMeasurement {
     pub fn p99_gate(&self, name: &str, threshold: Threshold, corrected: bool) -> GateResult {
         let how = if corrected {
             if self.interval_us > 0 {
-                format!("corrected for coordinated omission at each user's interval ({} µs)", self.interval_us)
+                format!("measured from each request's intended send time (users paced every {} µs)", self.interval_us)
             } else {
                 "corrected for coordinated omission at the mean latency (closed loop)".to_string()
             }
@@ -447,7 +446,7 @@ impl RestMeasurement {
     /// Adds the measurement's latencies, throughput, statuses and per-worker table to `report`.
     pub fn add_to(&self, report: &mut RunReport, label: &str) {
         let method = if self.interval_us > 0 {
-            "record_correct at each user's send interval, then histograms added"
+            "measured from each request's intended send time (paced users), then histograms added"
         } else {
             "record_correct at each worker's mean latency (closed loop), then histograms added"
         };

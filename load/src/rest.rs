@@ -79,8 +79,9 @@ pub struct Recorder {
     pub rate_limited: AtomicU64,
     /// Error responses (including invalid bodies and transport errors).
     pub errors: AtomicU64,
-    /// Expected interval between one user's sends (paced runs), for the coordinated-omission
-    /// correction; zero for closed-loop runs (corrected after the fact at the mean).
+    /// Interval between one user's sends (paced runs): latencies are then also measured from each
+    /// request's intended send time (no correction needed); zero for closed-loop runs (corrected
+    /// after the fact at the mean).
     interval: Duration,
     /// Every OK latency in µs as recorded, when asked for (the merge-exactness test rebuilds one
     /// histogram from all workers' samples); `None` keeps memory flat in long runs.
@@ -93,7 +94,7 @@ impl Recorder {
     /// A recorder for users each sending every `interval` (zero: closed loop); `keep_samples`
     /// also keeps every OK latency ([`Recorder::samples`]).
     pub fn paced(interval: Duration, keep_samples: bool) -> Self {
-        let latency = || if interval.is_zero() { Latency::new() } else { Latency::with_interval(interval) };
+        let latency = || if interval.is_zero() { Latency::new() } else { Latency::intended(interval) };
         Recorder {
             all: Mutex::new(latency()),
             interval,
@@ -103,7 +104,7 @@ impl Recorder {
     }
 
     fn new_latency(&self) -> Latency {
-        if self.interval.is_zero() { Latency::new() } else { Latency::with_interval(self.interval) }
+        if self.interval.is_zero() { Latency::new() } else { Latency::intended(self.interval) }
     }
 
     /// Time from the first to the last answer counted.
@@ -118,6 +119,19 @@ impl Recorder {
 
     /// Counts one response of `group` that took `took`.
     pub fn count(&self, group: &'static str, status: Option<u16>, outcome: &Outcome, took: Duration) {
+        self.count_paced(group, status, outcome, took, None);
+    }
+
+    /// Counts one response; `from_intended` is the time since the request's intended send time
+    /// (paced users), which the corrected histogram records instead of a correction.
+    pub fn count_paced(
+        &self,
+        group: &'static str,
+        status: Option<u16>,
+        outcome: &Outcome,
+        took: Duration,
+        from_intended: Option<Duration>,
+    ) {
         let label = match (status, outcome) {
             (_, Outcome::Error(e)) if e.starts_with("invalid body") => "200 invalid body".to_string(),
             (Some(s), _) => s.to_string(),
@@ -138,8 +152,8 @@ impl Recorder {
                     .unwrap_or_else(PoisonError::into_inner)
                     .entry(group)
                     .or_insert_with(|| self.new_latency())
-                    .record_at(took, now);
-                self.all.lock().unwrap_or_else(PoisonError::into_inner).record_at(took, now);
+                    .record_paced(took, from_intended, now);
+                self.all.lock().unwrap_or_else(PoisonError::into_inner).record_paced(took, from_intended, now);
                 if let Some(samples) = &self.samples {
                     samples.lock().unwrap_or_else(PoisonError::into_inner).push(crate::stats::to_us(took));
                 }
@@ -188,6 +202,11 @@ pub struct RestState {
     /// Users of this process come after this many users of other workers: user *i* takes token
     /// *(offset + i) mod n*, so a distributed run spreads tokens as one process would.
     token_offset: usize,
+    /// Paced runs: (interval between one user's requests, users of this process). Each user
+    /// sends on a schedule of its own, staggered by `interval / users` from the previous user.
+    pace: Option<(Duration, usize)>,
+    /// Paced runs: each user's next intended send time.
+    slots: Mutex<std::collections::HashMap<usize, Instant>>,
 }
 
 impl RestState {
@@ -198,8 +217,32 @@ impl RestState {
 
     /// Shared state with a given recorder and token offset (a worker's share of a larger run).
     pub fn with_recorder(target: Target, recorder: Recorder, token_offset: usize) -> Arc<Self> {
+        Self::paced(target, recorder, token_offset, None)
+    }
+
+    /// Shared state for paced users: `pace` = (interval of one user, users of this process).
+    pub fn paced(
+        target: Target,
+        recorder: Recorder,
+        token_offset: usize,
+        pace: Option<(Duration, usize)>,
+    ) -> Arc<Self> {
         let ids = RwLock::new(target.ids.clone());
-        Arc::new(RestState { target, ids, recorder, token_offset })
+        Arc::new(RestState { target, ids, recorder, token_offset, pace, slots: Mutex::default() })
+    }
+
+    /// Paced runs: the user's next intended send time (its first one staggered by its index),
+    /// advanced by one interval. A user behind schedule gets a slot in the past: it sends at once
+    /// and the latency from that slot shows the delay (no coordinated omission).
+    fn next_slot(&self, user: usize) -> Option<Instant> {
+        let (interval, users) = self.pace?;
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = slots
+            .entry(user)
+            .or_insert_with(|| Instant::now() + interval.mul_f64((user % users.max(1)) as f64 / users.max(1) as f64));
+        let this = *slot;
+        *slot = this + interval;
+        Some(this)
     }
 
     fn token_for(&self, user: &GooseUser) -> &str {
@@ -420,11 +463,15 @@ async fn get(
     state: &RestState,
     path: &str,
     name: &'static str,
-) -> Result<(Option<u16>, String, Duration, GooseRequestMetric), Box<TransactionError>> {
+) -> Result<(Option<u16>, String, Timing, GooseRequestMetric), Box<TransactionError>> {
     let rb = user
         .get_request_builder(&GooseMethod::Get, path)?
         .header("authorization", format!("Bearer {}", state.token_for(user)));
     let req = GooseRequest::builder().set_request_builder(rb).name(name).build();
+    let intended = state.next_slot(user.weighted_users_index);
+    if let Some(at) = intended {
+        tokio::time::sleep_until(at.into()).await;
+    }
     let started = Instant::now();
     let goose = user.request(req).await?;
     let (status, body) = match goose.response {
@@ -434,7 +481,17 @@ async fn get(
         }
         Err(_) => (None, String::new()),
     };
-    Ok((status, body, started.elapsed(), goose.request))
+    let took = started.elapsed();
+    Ok((status, body, Timing { took, from_intended: intended.map(|at| at.elapsed()) }, goose.request))
+}
+
+/// How long a request took: from its actual send, and (paced users) from its intended send.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    /// From the actual send until the body was read.
+    took: Duration,
+    /// From the intended send time until the body was read (paced users only).
+    from_intended: Option<Duration>,
 }
 
 /// Applies an outcome to goose's record (429 is not a failure; a bad body is) and the recorder.
@@ -444,10 +501,10 @@ fn settle(
     group: &'static str,
     status: Option<u16>,
     outcome: Outcome,
-    took: Duration,
+    took: Timing,
     request: &mut GooseRequestMetric,
 ) -> TransactionResult {
-    state.recorder.count(group, status, &outcome, took);
+    state.recorder.count_paced(group, status, &outcome, took.took, took.from_intended);
     match outcome {
         Outcome::Ok => Ok(()),
         // Clearing the error first keeps goose from counting the 429 as an error a second time

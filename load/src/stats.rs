@@ -156,6 +156,15 @@ impl Latency {
         self.series_add(us, at);
     }
 
+    /// Records a latency observed at `at`: as a pair when the intended send time is known and
+    /// this recorder measures from intended times, else as one value.
+    pub fn record_paced(&mut self, raw: Duration, from_intended: Option<Duration>, at: Instant) {
+        match from_intended {
+            Some(i) if self.intended_times => self.record_pair(raw, i, at),
+            _ => self.record_at(raw, at),
+        }
+    }
+
     /// Records a latency measured from the actual send (`raw`) and from the intended send time
     /// (`from_intended`, at least `raw`), observed at `at`.
     pub fn record_pair(&mut self, raw: Duration, from_intended: Duration, at: Instant) {
