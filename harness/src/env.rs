@@ -85,6 +85,10 @@ pub struct Env {
     pub shared: Pipeline,
     /// The per-run database we created (local profile), dropped at the end.
     created_db: Option<String>,
+    /// The per-run least-privilege roles (local profile), dropped at the end.
+    created_roles: Vec<String>,
+    /// Settings only the DataWriter gets (its INSERT-only database role).
+    writer_env: Vec<(String, String)>,
     /// The broker connection for publishers and clean-up.
     conn: Arc<lapin::Connection>,
 }
@@ -122,6 +126,8 @@ impl Env {
                     db,
                     shared,
                     created_db: None,
+                    created_roles: vec![],
+                    writer_env: vec![],
                     conn,
                 })
             }
@@ -129,12 +135,41 @@ impl Env {
                 let db_name = format!("apq_qa_{run_id}");
                 crate::sql::create_database(&config.database_url, &db_name).await?;
                 let database_url = with_database(&config.database_url, &db_name)?;
+                // Least privilege: the adapter's one-shot `migrate` applies the schema as the
+                // owner and creates the writer's INSERT-only and the API's SELECT-only roles.
+                let roles = [format!("apq_qa_{run_id}_writer"), format!("apq_qa_{run_id}_reader")];
+                let mut migrate_env = sut_env_overrides()?;
+                migrate_env.extend([
+                    ("APQ_DATABASE_URL".to_string(), database_url.clone()),
+                    ("APQ_DB_WRITER_ROLE".to_string(), roles[0].clone()),
+                    ("APQ_DB_READER_ROLE".to_string(), roles[1].clone()),
+                ]);
+                let log = config.report_dir.join("sut-logs").join(format!("migrate-{run_id}.log"));
+                let migrated = async {
+                    crate::sut::run_once(
+                        &sut_command(&config)?,
+                        "migrate",
+                        &migrate_env,
+                        &log,
+                        std::time::Duration::from_secs(60),
+                    )
+                    .await
+                }
+                .await;
+                if let Err(e) = migrated {
+                    let _ = crate::sql::drop_database(&config.database_url, &db_name).await;
+                    let _ = crate::sql::drop_roles(&config.database_url, &roles).await;
+                    return Err(e.context("setting up the run database (`<adapter> migrate`)"));
+                }
+                let writer_url = with_user(&database_url, &roles[0])?;
+                let reader_url = with_user(&database_url, &roles[1])?;
                 let db = Db::connect(&database_url).await?;
                 let namespace = format!("qa-{run_id}");
                 let token = format!("qa-token-{run_id}");
                 let service_env = vec![
                     ("APQ_AMQP_URL".to_string(), config.amqp_url.clone()),
-                    ("APQ_DATABASE_URL".to_string(), database_url.clone()),
+                    // Everyone reads; only the DataWriter writes (below).
+                    ("APQ_DATABASE_URL".to_string(), reader_url),
                     ("APQ_API_TOKENS".to_string(), token),
                     ("APQ_API_BIND".to_string(), "127.0.0.1:0".to_string()),
                     ("APQ_API_RATE_LIMIT_PER_SEC".to_string(), "5000".to_string()),
@@ -143,22 +178,37 @@ impl Env {
                 // Fault injection and tuning for the services under test, e.g.
                 // QA_SUT_ENV="APQ_ALGORITHM_A_FAULT_DROP_EVERY=10,APQ_API_FAULT_SKIP_AUTH=true".
                 let mut service_env = service_env;
-                if let Ok(extra) = std::env::var("QA_SUT_ENV") {
-                    for pair in extra.split(',').filter(|p| !p.trim().is_empty()) {
-                        let (k, v) = pair
-                            .split_once('=')
-                            .with_context(|| format!("QA_SUT_ENV entry {pair:?} is not KEY=VALUE"))?;
-                        service_env.retain(|(ek, _)| ek != k.trim());
-                        service_env.push((k.trim().to_string(), v.trim().to_string()));
-                    }
+                for (k, v) in sut_env_overrides()? {
+                    service_env.retain(|(ek, _)| *ek != k);
+                    service_env.push((k, v));
                 }
+                let writer_env = vec![("APQ_DATABASE_URL".to_string(), writer_url)];
+                let shared = match new_local_pipeline(
+                    &config,
+                    &conn,
+                    &namespace,
+                    service_env,
+                    writer_env.clone(),
+                    &run_id,
+                )
+                .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = crate::sql::drop_database(&config.database_url, &db_name).await;
+                        let _ = crate::sql::drop_roles(&config.database_url, &roles).await;
+                        return Err(e);
+                    }
+                };
                 let mut env = Env {
-                    shared: new_local_pipeline(&config, &conn, &namespace, service_env, &run_id).await?,
+                    shared,
                     database_url,
                     config,
                     run_id,
                     db,
                     created_db: Some(db_name),
+                    created_roles: roles.to_vec(),
+                    writer_env,
                     conn,
                 };
                 let shared = &mut env.shared;
@@ -193,7 +243,7 @@ impl Env {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));
         }
-        new_local_pipeline(&self.config, &self.conn, &namespace, env, slug).await
+        new_local_pipeline(&self.config, &self.conn, &namespace, env, self.writer_env.clone(), slug).await
     }
 
     /// Stops everything the run started and drops its database.
@@ -203,6 +253,9 @@ impl Env {
             && let Err(e) = crate::sql::drop_database(&self.config.database_url, name).await
         {
             eprintln!("warning: could not drop run database {name}: {e:#}");
+        }
+        if let Err(e) = crate::sql::drop_roles(&self.config.database_url, &self.created_roles).await {
+            eprintln!("warning: could not drop the run's roles {:?}: {e:#}", self.created_roles);
         }
     }
 
@@ -216,13 +269,15 @@ async fn new_local_pipeline(
     conn: &Arc<lapin::Connection>,
     namespace: &str,
     mut service_env: Vec<(String, String)>,
+    writer_env: Vec<(String, String)>,
     id_prefix: &str,
 ) -> anyhow::Result<Pipeline> {
     let names = Names::new(namespace);
     service_env.retain(|(k, _)| k != "APQ_NAMESPACE");
     service_env.push(("APQ_NAMESPACE".into(), namespace.into()));
     let log_dir = config.report_dir.join("sut-logs").join(namespace);
-    let procs = Processes::new(sut_command(config)?, service_env.clone(), log_dir, id_prefix)?;
+    let procs = Processes::new(sut_command(config)?, service_env.clone(), log_dir, id_prefix)?
+        .with_component_env(Component::DataWriter, writer_env);
     // Taps first: they declare the fanouts, and must exist before anything is published.
     let tap = Tap::start(&config.amqp_url, &names, Topology::Owned).await?;
     let publisher = Publisher::new(conn, names.clone(), Topology::Owned).await?;
@@ -236,6 +291,29 @@ pub fn sut_command(config: &Config) -> anyhow::Result<Vec<String>> {
         Some(c) => Ok(c.split_whitespace().map(String::from).collect()),
         None => Ok(vec![crate::paths::reference_sut_binary()?.display().to_string()]),
     }
+}
+
+/// `QA_SUT_ENV` (fault injection and tuning for the services under test), e.g.
+/// `QA_SUT_ENV="APQ_ALGORITHM_A_FAULT_DROP_EVERY=10,APQ_API_FAULT_SKIP_AUTH=true"`.
+fn sut_env_overrides() -> anyhow::Result<Vec<(String, String)>> {
+    let Ok(extra) = std::env::var("QA_SUT_ENV") else { return Ok(vec![]) };
+    extra
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').with_context(|| format!("QA_SUT_ENV entry {pair:?} is not KEY=VALUE"))?;
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The same libpq URL with another user (no password: the local profile's server trusts
+/// loopback, as `scripts/infra.sh` sets it up).
+pub fn with_user(url: &str, user: &str) -> anyhow::Result<String> {
+    let scheme_end = url.find("://").context("database URL has no scheme")? + 3;
+    let rest = &url[scheme_end..];
+    let host = rest.rfind('@').map(|at| &rest[at + 1..]).unwrap_or(rest);
+    Ok(format!("{}{user}@{host}", &url[..scheme_end]))
 }
 
 /// The same libpq URL with another database name.
@@ -258,5 +336,13 @@ mod tests {
         assert_eq!(with_database("postgres://u@h:5432/postgres", "x").unwrap(), "postgres://u@h:5432/x");
         assert_eq!(with_database("postgres://u@h/a?sslmode=disable", "x").unwrap(), "postgres://u@h/x?sslmode=disable");
         assert_eq!(with_database("postgres://u@h:1", "x").unwrap(), "postgres://u@h:1/x");
+    }
+
+    #[test]
+    fn replaces_the_user() {
+        use super::with_user;
+        assert_eq!(with_user("postgres://postgres@h:5432/db", "w").unwrap(), "postgres://w@h:5432/db");
+        assert_eq!(with_user("postgres://u:pw@h/db?x=1", "r").unwrap(), "postgres://r@h/db?x=1");
+        assert_eq!(with_user("postgres://h:5432/db", "w").unwrap(), "postgres://w@h:5432/db");
     }
 }

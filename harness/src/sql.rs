@@ -431,6 +431,23 @@ pub async fn create_database(admin_url: &str, name: &str) -> anyhow::Result<()> 
 }
 
 /// Drops database `name` if it exists, terminating its sessions (`WITH (FORCE)`).
+/// Drops login roles (after the databases that granted them anything are gone).
+pub async fn drop_roles(admin_url: &str, names: &[String]) -> anyhow::Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let admin = Db::connect(admin_url).await?;
+    for name in names {
+        let quoted: String = admin.client.query_one("SELECT quote_ident($1::text)", &[name]).await?.get(0);
+        admin
+            .client
+            .batch_execute(&format!("DROP ROLE IF EXISTS {quoted}"))
+            .await
+            .with_context(|| format!("dropping role {name}"))?;
+    }
+    Ok(())
+}
+
 pub async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
     let quoted = quoted_db_name(name)?;
     let db = admin(admin_url).await?;

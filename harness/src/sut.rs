@@ -70,6 +70,8 @@ pub struct Processes {
     next_id: Mutex<u32>,
     /// Prefix for instance ids (the namespace), so ids are unique across pipelines.
     id_prefix: String,
+    /// Settings only some components get (e.g. the DataWriter's database role), over `env`.
+    component_env: BTreeMap<Component, Vec<(String, String)>>,
 }
 
 impl Processes {
@@ -94,7 +96,14 @@ impl Processes {
             running: Mutex::new(BTreeMap::new()),
             next_id: Mutex::new(0),
             id_prefix: id_prefix.to_string(),
+            component_env: BTreeMap::new(),
         })
+    }
+
+    /// Settings every instance of `component` gets on top of the shared ones.
+    pub fn with_component_env(mut self, component: Component, env: Vec<(String, String)>) -> Self {
+        self.component_env.insert(component, env);
+        self
     }
 
     /// Starts `n` more instances with extra env, each waited for until ready. Returns their ids.
@@ -118,6 +127,7 @@ impl Processes {
             cmd.args(&self.command[1..])
                 .arg(component.subcommand())
                 .envs(self.env.iter().cloned())
+                .envs(self.component_env.get(&component).into_iter().flatten().cloned())
                 .envs(extra_env.iter().cloned())
                 .env("APQ_INSTANCE_ID", &id)
                 .env("APQ_LOG_FORMAT", "text")
@@ -260,6 +270,49 @@ impl Processes {
 
     pub fn log_dir(&self) -> &std::path::Path {
         &self.log_dir
+    }
+}
+
+/// Runs a one-shot adapter command (`<adapter> migrate`) to completion: Ok on exit 0 within
+/// `timeout`, else an error with the tail of its log.
+pub async fn run_once(
+    command: &[String],
+    arg: &str,
+    env: &[(String, String)],
+    log_path: &std::path::Path,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let program = command.first().context("the SUT adapter command is empty")?;
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let log = std::fs::File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut child = Command::new(program)
+        .args(&command[1..])
+        .arg(arg)
+        .envs(env.iter().cloned())
+        .env("APQ_LOG_FORMAT", "text")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawning {} {arg}", command.join(" ")))?;
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => bail!(
+            "`{} {arg}` failed ({status})\n  log {}:\n{}",
+            command.join(" "),
+            log_path.display(),
+            tail(log_path, 15)
+        ),
+        Ok(Err(e)) => bail!("waiting for `{} {arg}`: {e}", command.join(" ")),
+        Err(_) => bail!(
+            "`{} {arg}` did not finish within {timeout:?}\n  log {}:\n{}",
+            command.join(" "),
+            log_path.display(),
+            tail(log_path, 15)
+        ),
     }
 }
 

@@ -15,11 +15,13 @@ die() { printf 'reference adapter: %s\n' "$*" >&2; exit 64; }
 
 component="${1-}"
 case "$component" in
-  algorithm-a | algorithm-b | data-writer | rest-api | sensor) ;;
-  *) die "unknown component '$component' (expected algorithm-a, algorithm-b, data-writer, rest-api or sensor)" ;;
+  algorithm-a | algorithm-b | data-writer | rest-api | sensor) required="APQ_AMQP_URL APQ_NAMESPACE APQ_INSTANCE_ID" ;;
+  # The one-shot database set-up (schema as owner, least-privilege roles); it exits when done.
+  migrate) required="APQ_DATABASE_URL APQ_DB_WRITER_ROLE APQ_DB_READER_ROLE" ;;
+  *) die "unknown component '$component' (expected algorithm-a, algorithm-b, data-writer, rest-api, sensor or migrate)" ;;
 esac
 # Empty counts as missing: an empty namespace would consume the un-namespaced (real) queues.
-for var in APQ_AMQP_URL APQ_NAMESPACE APQ_INSTANCE_ID; do
+for var in $required; do
   [ -n "${!var-}" ] || die "required variable $var is not set (the harness passes it)"
 done
 bin="${REFERENCE_PIPELINE_BIN-}"
@@ -28,5 +30,5 @@ if [ ! -f "$bin" ] || [ ! -x "$bin" ]; then
   die "REFERENCE_PIPELINE_BIN=$bin is not an executable file"
 fi
 # One line in the component's log, so a run can tell it went through this adapter.
-printf 'reference adapter: starting %s as %s\n' "$component" "$APQ_INSTANCE_ID" >&2
+printf 'reference adapter: starting %s as %s\n' "$component" "${APQ_INSTANCE_ID:-one-shot}" >&2
 exec "$bin" "$component"

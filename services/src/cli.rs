@@ -33,6 +33,11 @@ pub enum Command {
     DataWriter,
     /// Serve the REST API.
     RestApi,
+    /// Apply the database schema as its owner (APQ_DATABASE_URL), then create (if missing) and
+    /// grant the least-privilege roles the components connect as: APQ_DB_WRITER_ROLE (INSERT on
+    /// `features`) and APQ_DB_READER_ROLE (SELECT on `features`), with APQ_DB_WRITER_PASSWORD /
+    /// APQ_DB_READER_PASSWORD where the server wants passwords. Exits when done.
+    Migrate,
     /// Delete every queue and exchange of the configured namespace (and optionally its database):
     /// clean-up after a run that used its own namespace.
     Purge {
@@ -93,6 +98,13 @@ async fn run(cli: Cli) -> Result<(), ServiceError> {
             app.run_until_stopped().await
         }
         Command::Purge { drop_database } => purge(&settings, drop_database).await,
+        Command::Migrate => {
+            let roles = crate::db::Roles::from_env(|k| std::env::var(k).ok())
+                .map_err(|e| ServiceError::Other(e.to_string()))?;
+            crate::db::setup(&settings.database.url, settings.data_writer.fault_ignore_unique, &roles).await?;
+            println!("{}", serde_json::json!({ "event": "migrated" }));
+            Ok(())
+        }
         Command::Live { algorithm_a, algorithm_b, sensors } => {
             live(settings, shutdown, algorithm_a, algorithm_b, sensors).await
         }

@@ -24,7 +24,8 @@ pub const UNIQUE_CONSTRAINT: &str = "features_message_id_key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("database error: {0}")]
+    /// The server's own message when there is one (tokio-postgres shows only "db error").
+    #[error("database error: {}", .0.as_db_error().map(|d| format!("{}: {} ({})", d.severity(), d.message(), d.code().code())).unwrap_or_else(|| .0.to_string()))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("value out of range for column {column}: {detail}")]
     OutOfRange { column: &'static str, detail: String },
@@ -107,13 +108,17 @@ pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, ServiceEr
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, DbError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-             version    INT         PRIMARY KEY,
-             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-         )",
-    )
-    .await?;
+    // Checked first, so a least-privilege role whose schema is up to date needs no DDL at all.
+    let bookkept: bool = tx.query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[]).await?.get(0);
+    if !bookkept {
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version    INT         PRIMARY KEY,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             )",
+        )
+        .await?;
+    }
     let done: Vec<i32> =
         tx.query("SELECT version FROM schema_migrations", &[]).await?.iter().map(|r| r.get(0)).collect();
     let mut applied = Vec::new();
@@ -125,6 +130,90 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, DbError> {
     }
     tx.commit().await?;
     Ok(applied)
+}
+
+/// The least-privilege roles `pipeline migrate` creates and grants.
+#[derive(Debug, Clone, Default)]
+pub struct Roles {
+    /// (name, password) of the DataWriter's role: INSERT on `features` only.
+    pub writer: Option<(String, Option<String>)>,
+    /// (name, password) of the REST API's role: SELECT on `features` only.
+    pub reader: Option<(String, Option<String>)>,
+}
+
+impl Roles {
+    /// From `APQ_DB_WRITER_ROLE`/`_PASSWORD` and `APQ_DB_READER_ROLE`/`_PASSWORD`; names must be
+    /// plain identifiers (`[a-z_][a-z0-9_]{0,62}`).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, DbError> {
+        let role = |name: &str, pw: &str| -> Result<Option<(String, Option<String>)>, DbError> {
+            let Some(n) = get(name).filter(|n| !n.is_empty()) else { return Ok(None) };
+            let ok = n.len() <= 63
+                && n.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                return Err(DbError::Schema(format!("{name}={n:?} is not a plain lower-case identifier")));
+            }
+            Ok(Some((n, get(pw).filter(|p| !p.is_empty()))))
+        };
+        Ok(Roles {
+            writer: role("APQ_DB_WRITER_ROLE", "APQ_DB_WRITER_PASSWORD")?,
+            reader: role("APQ_DB_READER_ROLE", "APQ_DB_READER_PASSWORD")?,
+        })
+    }
+}
+
+/// `pipeline migrate`: the schema (as its owner), the idempotency constraint as configured, and
+/// the least-privilege roles with their grants. Idempotent.
+pub async fn setup(url: &str, fault_ignore_unique: bool, roles: &Roles) -> Result<(), DbError> {
+    let (mut client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    let task = tokio::spawn(conn);
+    migrate(&mut client).await?;
+    set_unique_constraint(&client, !fault_ignore_unique).await?;
+    // The writer needs INSERT, the id sequence, the conflict target column, and to read the
+    // migration bookkeeping; the reader needs SELECT on the table. Nothing else: no
+    // UPDATE, DELETE, TRUNCATE or DDL.
+    let grants: [(&Option<(String, Option<String>)>, &[&str]); 2] = [
+        (
+            &roles.writer,
+            &[
+                "GRANT INSERT ON features TO {role}",
+                // ON CONFLICT (message_id) reads the conflict target: that one column, no more.
+                "GRANT SELECT (message_id) ON features TO {role}",
+                "GRANT USAGE ON SEQUENCE features_id_seq TO {role}",
+                "GRANT SELECT ON schema_migrations TO {role}",
+            ],
+        ),
+        (&roles.reader, &["GRANT SELECT ON features TO {role}"]),
+    ];
+    for (role, statements) in grants {
+        let Some((name, password)) = role else { continue };
+        let exists: bool =
+            client.query_one("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", &[name]).await?.get(0);
+        // Identifiers and passwords cannot be bind parameters: format() quotes them.
+        let ddl: String = match (exists, password) {
+            (false, Some(pw)) => client
+                .query_one("SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)", &[name, pw])
+                .await?
+                .get(0),
+            (false, None) => client.query_one("SELECT format('CREATE ROLE %I LOGIN', $1::text)", &[name]).await?.get(0),
+            (true, Some(pw)) => client
+                .query_one("SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)", &[name, pw])
+                .await?
+                .get(0),
+            (true, None) => String::new(),
+        };
+        if !ddl.is_empty() {
+            client.batch_execute(&ddl).await?;
+        }
+        let quoted: String = client.query_one("SELECT quote_ident($1::text)", &[name]).await?.get(0);
+        for statement in statements {
+            client.batch_execute(&statement.replace("{role}", &quoted)).await?;
+        }
+        tracing::info!(role = name, "least-privilege role granted");
+    }
+    drop(client);
+    let _ = task.await;
+    Ok(())
 }
 
 /// Makes the idempotency constraint present (`want = true`) or absent (the fault hook). Restoring

@@ -319,7 +319,7 @@ async fn check_batch(
         }
     }
     // (d) what is stored and served.
-    stored_and_served(p, db, &published, &canary, prefix).await?;
+    stored_and_served(p, db, &published, &canary).await?;
     for (input, outcome) in accounted {
         let key = match outcome {
             Outcome::Processed => "processed".to_string(),
@@ -609,19 +609,14 @@ async fn account(
 }
 
 /// (d): rows of the inputs and the canary, and what the API serves for them, keep the contract.
-async fn stored_and_served(
-    p: &Pipeline,
-    db: &Db,
-    published: &[Published],
-    canary: &Canary,
-    prefix: &str,
-) -> Result<(), Failure> {
+async fn stored_and_served(p: &Pipeline, db: &Db, published: &[Published], canary: &Canary) -> Result<(), Failure> {
     let fail =
         |stage: &str, message: String| Failure { stage: stage.into(), message, canary: String::new(), logs: vec![] };
-    let ids: Vec<Uuid> = published.iter().map(|x| x.base_id).collect();
+    // Only this batch's rows (by id): earlier batches and trials share the prefix and the table.
+    let mut ids: Vec<Uuid> = published.iter().map(|x| x.base_id).collect();
     let mut rows = db.rows_by_message_ids(&ids).await.map_err(|e| fail("harness", format!("{e:#}")))?;
+    ids.push(canary.id);
     rows.extend(db.rows_by_source_ids(&ids).await.map_err(|e| fail("harness", format!("{e:#}")))?);
-    rows.extend(db.rows_for_sensor_prefix(prefix).await.map_err(|e| fail("harness", format!("{e:#}")))?);
     for row in &rows {
         let problems = row_violations(&row.to_json());
         if !problems.is_empty() {
@@ -676,10 +671,12 @@ pub fn row_violations(row: &Value) -> Vec<String> {
     for field in ["sensor_id", "processed_by"] {
         match row[field].as_str() {
             Some(s) if ident(s) => {}
-            other => out.push(format!(
-                "{field} {:?} is not 1–128 characters of [A-Za-z0-9._:-]",
-                other.map(|s| s.chars().take(40).collect::<String>())
+            Some(s) => out.push(format!(
+                "{field} {:?}… ({} bytes) is not 1–128 characters of [A-Za-z0-9._:-]",
+                s.chars().take(40).collect::<String>(),
+                s.len()
             )),
+            None => out.push(format!("{field} is missing or not a string: {}", row[field])),
         }
     }
     match row["captured_at"].as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()) {
