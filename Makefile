@@ -22,7 +22,7 @@ APT_PACKAGES    := build-essential pkg-config git curl ca-certificates python3 p
                    rabbitmq-server postgresql postgresql-client
 
 .PHONY: help install infra-up infra-down infra-status run test test-unit bdd bdd-smoke \
-        bdd-component bdd-integration bdd-security bdd-contract bdd-chaos coverage lint format \
+        bdd-component bdd-integration bdd-security bdd-contract bdd-chaos fuzz fuzz-deep coverage lint format \
         audit load-smoke load-sla load-spec load-distributed-test load-scale load-bench bench live validate-deploy docker-build
 
 help: ## Show this help
@@ -80,6 +80,12 @@ bdd-contract: ## Behaviour suite, @contract scenarios
 
 bdd-chaos: ## Behaviour suite, @chaos scenarios
 	$(BDD) -- --tags @chaos
+
+fuzz: ## Hostile input, fixed seed (what CI runs): 600 inputs over the three channels
+	$(BDD) -- --tags @fuzz
+
+fuzz-deep: ## Hostile input, random seed (printed) and 1700 inputs per channel: the nightly run
+	QA_FUZZ_SEED=random QA_FUZZ_INPUTS=1700 $(BDD) -- --tags @fuzz
 
 coverage: ## Line coverage of harness + services with cargo-llvm-cov; fails under 80%
 	$(CARGO) llvm-cov -p harness -p services --lib --fail-under-lines 80 --summary-only

@@ -34,3 +34,19 @@ fi
 say "building release binaries (services, load)"
 cargo build --release -q -p services --bin pipeline -p load --bin load
 target/release/load --services-bin target/release/pipeline bench --locust "$VENV/bin/locust" --oha "$OHA" "$@"
+status=$?
+# Hostile-input throughput: inputs checked per second with the whole oracle (publish, canary,
+# accounting, logs, rows, API, memory), debug services, the three channels' campaigns at once.
+say "hostile input (fixed seed, 600 inputs through the oracle)"
+QA_REPORT_DIR=reports/bench-fuzz cargo test -q -p steps --test cucumber -- --tags @fuzz >reports/bench-fuzz.log 2>&1
+grep -E '^hostile input:|^scenarios:' reports/bench-fuzz.log | cut -c1-160
+python3 - <<'PY'
+import json, re, glob, os
+runs = sorted(glob.glob("reports/bench-fuzz/runs/*/fuzz.json"), key=os.path.getmtime)
+wall = re.findall(r"behaviour suite wall time: ([0-9.]+)s", open("reports/bench-fuzz.log").read())
+if runs and wall:
+    d = json.load(open(runs[-1]))
+    print(f"bench: hostile input {d['inputs']} inputs in {float(wall[-1]):.1f} s = {d['inputs']/float(wall[-1]):.1f} inputs/s "
+          f"(three campaigns at once; {d['inputs_per_second']:.1f}/s each)")
+PY
+exit $status

@@ -12,7 +12,7 @@ const NAMESPACE: &str = "audio-pipeline";
 const NAME_LABEL: &str = "app.kubernetes.io/name";
 const UID: i64 = 10001;
 /// Subcommands of the `pipeline` binary.
-const SUBCOMMANDS: &[&str] = &["sensor", "algorithm-a", "algorithm-b", "data-writer", "rest-api", "live"];
+const SUBCOMMANDS: &[&str] = &["sensor", "algorithm-a", "algorithm-b", "data-writer", "rest-api", "live", "migrate"];
 /// Queue consumers: health endpoint on APQ_HEALTH_BIND, port 8081.
 const CONSUMERS: &[&str] = &["algorithm-a", "algorithm-b", "data-writer"];
 /// Every `APQ_*` variable the services read (services/src/config.rs, telemetry.rs), to catch misspellings.
@@ -34,6 +34,13 @@ const KNOWN_APQ_VARS: &[&str] = &[
     "APQ_WRITER_FLUSH_INTERVAL_MS",
     "APQ_WRITER_PREFETCH",
     "APQ_WRITER_FAULT_IGNORE_UNIQUE",
+    "APQ_WRITER_FAULT_RETRY_REJECTED",
+    "APQ_WRITER_FAULT_UNBOUNDED_PROCESSED_BY",
+    "APQ_FAULT_BYTE_TRUNCATE_DETAIL",
+    "APQ_DB_WRITER_ROLE",
+    "APQ_DB_WRITER_PASSWORD",
+    "APQ_DB_READER_ROLE",
+    "APQ_DB_READER_PASSWORD",
     "APQ_API_BIND",
     "APQ_API_TOKENS",
     "APQ_API_RATE_LIMIT_PER_SEC",
@@ -57,6 +64,9 @@ const FAULT_VARS: &[&str] = &[
     "APQ_ALGORITHM_A_FAULT_DROP_EVERY",
     "APQ_ALGORITHM_B_FAULT_DROP_EVERY",
     "APQ_WRITER_FAULT_IGNORE_UNIQUE",
+    "APQ_WRITER_FAULT_RETRY_REJECTED",
+    "APQ_WRITER_FAULT_UNBOUNDED_PROCESSED_BY",
+    "APQ_FAULT_BYTE_TRUNCATE_DETAIL",
     "APQ_API_FAULT_SKIP_AUTH",
 ];
 /// Variables that carry credentials: in Kubernetes they must come from a Secret.
@@ -68,6 +78,8 @@ const SECRET_VARS: &[&str] = &[
     "QA_DATABASE_URL",
     "QA_API_TOKEN",
     "POSTGRES_PASSWORD",
+    "APQ_DB_WRITER_PASSWORD",
+    "APQ_DB_READER_PASSWORD",
     "RABBITMQ_DEFAULT_PASS",
 ];
 
@@ -309,7 +321,9 @@ fn workloads_are_labelled_namespaced_and_configured_with_known_settings() {
             if image.contains("/pipeline:") {
                 let args: Vec<&str> = seq(c, &["args"]).iter().filter_map(Value::as_str).collect();
                 let sub = args.first().copied().unwrap_or("");
-                if !SUBCOMMANDS.contains(&sub) || sub != o.name() {
+                // The one init container allowed: the schema and roles, before the writer.
+                let init_migrate = s(c, &["name"]) == Some("migrate") && sub == "migrate" && o.name() == "data-writer";
+                if !init_migrate && (!SUBCOMMANDS.contains(&sub) || sub != o.name()) {
                     problems.push(format!("{}: expected args [{:?}], found {args:?}", o.id(), o.name()));
                 }
             }
@@ -880,7 +894,11 @@ fn compose_services(c: &Value) -> Vec<(String, &Value)> {
 }
 /// One-shot services live behind a profile (harness, load); everything else runs continuously.
 fn long_running(svc: &Value) -> bool {
-    seq(svc, &["profiles"]).is_empty()
+    seq(svc, &["profiles"]).is_empty() && !one_shot(svc)
+}
+/// A service that runs to completion (`restart: "no"`), e.g. `migrate`.
+fn one_shot(svc: &Value) -> bool {
+    s(svc, &["restart"]) == Some("no")
 }
 fn compose_env(svc: &Value) -> BTreeMap<String, String> {
     labels(at(svc, &["environment"]))
@@ -1017,12 +1035,18 @@ fn compose_dependencies_wait_until_healthy() {
             .unwrap_or_default();
         for (dep, spec) in &deps {
             let cond = s(spec, &["condition"]);
-            if cond != Some("service_healthy") {
-                problems.push(format!("{name} -> {dep}: expected condition service_healthy, found {cond:?}"));
+            // A one-shot dependency is waited for until it has succeeded; a server until healthy.
+            let expected = if svcs.get(dep).is_some_and(|d| one_shot(d)) {
+                "service_completed_successfully"
+            } else {
+                "service_healthy"
+            };
+            if cond != Some(expected) {
+                problems.push(format!("{name} -> {dep}: expected condition {expected}, found {cond:?}"));
             }
             match svcs.get(dep) {
                 None => problems.push(format!("{name} -> {dep}: no such service")),
-                Some(d) if at(d, &["healthcheck", "test"]).is_none() => {
+                Some(d) if !one_shot(d) && at(d, &["healthcheck", "test"]).is_none() => {
                     problems.push(format!("{name} -> {dep}: the dependency has no healthcheck"))
                 }
                 _ => {}
@@ -1044,4 +1068,51 @@ fn compose_dependencies_wait_until_healthy() {
         }
     }
     assert!(problems.is_empty(), "depends_on problems:\n{}", problems.join("\n"));
+}
+
+/// Least privilege: the writer and the API connect as the roles `migrate` creates (INSERT-only,
+/// SELECT-only), never as the database owner; `migrate` itself runs as the owner first.
+#[test]
+fn compose_writer_and_api_use_least_privilege_roles() {
+    let c = compose();
+    let svcs: BTreeMap<String, &Value> = compose_services(&c).into_iter().collect();
+    let user = |svc: &str| {
+        let url = compose_env(svcs[svc]).get("APQ_DATABASE_URL").cloned().unwrap_or_default();
+        url.split("://").nth(1).and_then(|r| r.split('@').next()).map(|u| u.split(':').next().unwrap_or("").to_string())
+    };
+    let migrate = compose_env(svcs["migrate"]);
+    let (writer, reader) = (migrate.get("APQ_DB_WRITER_ROLE").cloned(), migrate.get("APQ_DB_READER_ROLE").cloned());
+    assert!(writer.is_some() && reader.is_some(), "migrate must create both roles: {migrate:?}");
+    assert_eq!(user("data-writer"), writer, "data-writer connects as the writer role");
+    assert_eq!(user("rest-api"), reader, "rest-api connects as the reader role");
+    assert_ne!(user("migrate"), writer, "migrate runs as the owner");
+    for svc in ["data-writer", "rest-api"] {
+        let cond = s(svcs[svc], &["depends_on", "migrate", "condition"]);
+        assert_eq!(cond, Some("service_completed_successfully"), "{svc} waits for migrate");
+    }
+}
+
+/// Least privilege in Kubernetes: the writer and the API read their URLs from the least-privilege
+/// keys, and the data writer's `migrate` init container creates those roles with passwords from
+/// the Secret.
+#[test]
+fn k8s_writer_and_api_use_least_privilege_roles() {
+    let objs = k8s_objects();
+    let key_of = |c: &Value, var: &str| {
+        seq(c, &["env"])
+            .iter()
+            .find(|e| s(e, &["name"]) == Some(var))
+            .and_then(|e| s(e, &["valueFrom", "secretKeyRef", "key"]))
+            .map(String::from)
+    };
+    let writer = pod_spec(find(&objs, "Deployment", "data-writer")).expect("data-writer pod");
+    let main: Vec<&Value> = seq(writer, &["containers"]).iter().collect();
+    assert_eq!(key_of(main[0], "APQ_DATABASE_URL").as_deref(), Some("writer-database-url"));
+    let init: Vec<&Value> = seq(writer, &["initContainers"]).iter().collect();
+    assert_eq!(init.len(), 1, "one migrate init container");
+    assert_eq!(key_of(init[0], "APQ_DATABASE_URL").as_deref(), Some("database-url"), "migrate runs as the owner");
+    assert_eq!(key_of(init[0], "APQ_DB_WRITER_PASSWORD").as_deref(), Some("writer-password"));
+    assert_eq!(key_of(init[0], "APQ_DB_READER_PASSWORD").as_deref(), Some("reader-password"));
+    let api = pod_spec(find(&objs, "Deployment", "rest-api")).expect("rest-api pod");
+    assert_eq!(key_of(&seq(api, &["containers"])[0], "APQ_DATABASE_URL").as_deref(), Some("reader-database-url"));
 }
