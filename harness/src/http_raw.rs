@@ -132,14 +132,12 @@ impl RawClient {
             // or closed (the pause is the point of the test: it is what a slow client does).
             let pause = tokio::time::sleep_until((Instant::now() + every).min(end).into());
             tokio::pin!(pause);
-            loop {
-                tokio::select! {
-                    _ = &mut pause => break,
-                    n = stream.read(&mut buf) => match n {
-                        Ok(0) | Err(_) => { closed = Some(Instant::now()); break 'bytes; }
-                        Ok(n) => { received.extend_from_slice(&buf[..n]); break 'bytes; }
-                    },
-                }
+            tokio::select! {
+                _ = &mut pause => {}
+                n = stream.read(&mut buf) => match n {
+                    Ok(0) | Err(_) => { closed = Some(Instant::now()); break 'bytes; }
+                    Ok(n) => { received.extend_from_slice(&buf[..n]); break 'bytes; }
+                },
             }
             if Instant::now() >= end {
                 break;

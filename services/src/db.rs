@@ -172,7 +172,8 @@ pub async fn setup(url: &str, fault_ignore_unique: bool, roles: &Roles) -> Resul
     // The writer needs INSERT, the id sequence, the conflict target column, and to read the
     // migration bookkeeping; the reader needs SELECT on the table. Nothing else: no
     // UPDATE, DELETE, TRUNCATE or DDL.
-    let grants: [(&Option<(String, Option<String>)>, &[&str]); 2] = [
+    type Role = Option<(String, Option<String>)>;
+    let grants: [(&Role, &[&str]); 2] = [
         (
             &roles.writer,
             &[

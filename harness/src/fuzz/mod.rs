@@ -566,7 +566,7 @@ fn pcm_base64(samples: &[f32]) -> String {
 }
 
 fn largest_prime_at_most(n: usize) -> usize {
-    let is_prime = |k: usize| k >= 2 && (2..).take_while(|d| d * d <= k).all(|d| k % d != 0);
+    let is_prime = |k: usize| k >= 2 && (2..).take_while(|d| d * d <= k).all(|d| !k.is_multiple_of(d));
     (2..=n).rev().find(|&k| is_prime(k)).unwrap_or(2)
 }
 
