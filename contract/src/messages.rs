@@ -303,7 +303,7 @@ pub fn check(kind: MessageKind, value: &Value) -> Result<(), Rejection> {
     }
     if kind == MessageKind::AudioChunk
         && let Some(rate) = value.get("sample_rate")
-        && !rate.as_u64().is_some_and(|r| SUPPORTED_SAMPLE_RATES.contains(&(r as u32)))
+        && !rate.as_u64().and_then(|r| u32::try_from(r).ok()).is_some_and(|r| SUPPORTED_SAMPLE_RATES.contains(&r))
     {
         return Err(Rejection::UnsupportedSampleRate(rate.clone()));
     }

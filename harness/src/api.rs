@@ -425,7 +425,7 @@ fn snippet(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if s.len() <= max {
         return s.into();
     }
-    let cut = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+    let cut = contract::floor_char_boundary(s, max);
     format!("{}… ({} bytes in total)", &s[..cut], s.len()).into()
 }
 

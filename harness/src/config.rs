@@ -114,7 +114,7 @@ impl Config {
             self.sut_command = Some(v);
         }
         if let Some(v) = get("QA_EXTERNAL_WRITES_DB") {
-            self.external_writes_db = matches!(v.trim(), "1" | "true" | "yes");
+            self.external_writes_db = is_true(&v);
         }
         if self.profile == Profile::External && (self.api_url.is_none() || self.api_token.is_none()) {
             bail!("the external profile needs QA_API_URL and QA_API_TOKEN (the deployment's API and a valid token)");
@@ -134,6 +134,15 @@ impl Config {
             ..Default::default()
         }
     }
+}
+
+/// Whether a switch variable is on (`1`, `true`, `yes`; anything else, or unset, is off).
+pub fn flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| is_true(&v))
+}
+
+fn is_true(v: &str) -> bool {
+    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes")
 }
 
 #[cfg(test)]

@@ -133,91 +133,90 @@ impl Env {
             }
             Profile::Local => {
                 let db_name = format!("apq_qa_{run_id}");
-                crate::sql::create_database(&config.database_url, &db_name).await?;
-                let database_url = with_database(&config.database_url, &db_name)?;
-                // Least privilege: the adapter's one-shot `migrate` applies the schema as the
-                // owner and creates the writer's INSERT-only and the API's SELECT-only roles.
                 let roles = [format!("apq_qa_{run_id}_writer"), format!("apq_qa_{run_id}_reader")];
-                let mut migrate_env = sut_env_overrides()?;
-                migrate_env.extend([
-                    ("APQ_DATABASE_URL".to_string(), database_url.clone()),
-                    ("APQ_DB_WRITER_ROLE".to_string(), roles[0].clone()),
-                    ("APQ_DB_READER_ROLE".to_string(), roles[1].clone()),
-                ]);
-                let log = config.report_dir.join("sut-logs").join(format!("migrate-{run_id}.log"));
-                let migrated = async {
-                    crate::sut::run_once(
-                        &sut_command(&config)?,
-                        "migrate",
-                        &migrate_env,
-                        &log,
-                        std::time::Duration::from_secs(60),
-                    )
-                    .await
-                }
-                .await;
-                if let Err(e) = migrated {
-                    let _ = crate::sql::drop_database(&config.database_url, &db_name).await;
-                    let _ = crate::sql::drop_roles(&config.database_url, &roles).await;
-                    return Err(e.context("setting up the run database (`<adapter> migrate`)"));
-                }
-                let writer_url = with_user(&database_url, &roles[0])?;
-                let reader_url = with_user(&database_url, &roles[1])?;
-                let db = Db::connect(&database_url).await?;
                 let namespace = format!("qa-{run_id}");
-                let token = format!("qa-token-{run_id}");
-                let service_env = vec![
-                    ("APQ_AMQP_URL".to_string(), config.amqp_url.clone()),
-                    // Everyone reads; only the DataWriter writes (below).
-                    ("APQ_DATABASE_URL".to_string(), reader_url),
-                    ("APQ_API_TOKENS".to_string(), token),
-                    ("APQ_API_BIND".to_string(), "127.0.0.1:0".to_string()),
-                    ("APQ_API_RATE_LIMIT_PER_SEC".to_string(), "5000".to_string()),
-                    ("APQ_API_RATE_LIMIT_BURST".to_string(), "10000".to_string()),
-                ];
-                // Fault injection and tuning for the services under test, e.g.
-                // QA_SUT_ENV="APQ_ALGORITHM_A_FAULT_DROP_EVERY=10,APQ_API_FAULT_SKIP_AUTH=true".
-                let mut service_env = service_env;
-                for (k, v) in sut_env_overrides()? {
-                    service_env.retain(|(ek, _)| *ek != k);
-                    service_env.push((k, v));
-                }
-                let writer_env = vec![("APQ_DATABASE_URL".to_string(), writer_url)];
-                let shared = match new_local_pipeline(
-                    &config,
-                    &conn,
-                    &namespace,
-                    service_env,
-                    writer_env.clone(),
-                    &run_id,
-                )
-                .await
-                {
-                    Ok(p) => p,
+                let admin_url = config.database_url.clone();
+                crate::sql::create_database(&admin_url, &db_name).await?;
+                // From here on, a failed start removes everything it made: the database, the
+                // roles, the namespace's queues and exchanges, and (dropped) the processes.
+                match Self::start_local(config, run_id, conn.clone(), &db_name, &roles, &namespace).await {
+                    Ok(env) => Ok(env),
                     Err(e) => {
-                        let _ = crate::sql::drop_database(&config.database_url, &db_name).await;
-                        let _ = crate::sql::drop_roles(&config.database_url, &roles).await;
-                        return Err(e);
+                        if let Err(c) = crate::sql::drop_database(&admin_url, &db_name).await {
+                            eprintln!("warning: could not drop run database {db_name}: {c:#}");
+                        }
+                        if let Err(c) = crate::sql::drop_roles(&admin_url, &roles).await {
+                            eprintln!("warning: could not drop the run's roles {roles:?}: {c:#}");
+                        }
+                        amqp::delete_namespace(&conn, &Names::new(&namespace)).await;
+                        Err(e)
                     }
-                };
-                let mut env = Env {
-                    shared,
-                    database_url,
-                    config,
-                    run_id,
-                    db,
-                    created_db: Some(db_name),
-                    created_roles: roles.to_vec(),
-                    writer_env,
-                    conn,
-                };
-                let shared = &mut env.shared;
-                for c in [Component::DataWriter, Component::AlgorithmA, Component::AlgorithmB, Component::RestApi] {
-                    shared.start(c, 1, &[]).await.with_context(|| format!("starting {}", c.subcommand()))?;
                 }
-                Ok(env)
             }
         }
+    }
+
+    /// The local profile's start after its database exists: `<adapter> migrate` (schema and
+    /// least-privilege roles), the shared pipeline's taps, and one instance of each component.
+    async fn start_local(
+        config: Config,
+        run_id: String,
+        conn: Arc<lapin::Connection>,
+        db_name: &str,
+        roles: &[String; 2],
+        namespace: &str,
+    ) -> anyhow::Result<Env> {
+        let database_url = with_database(&config.database_url, db_name)?;
+        // Least privilege: the adapter's one-shot `migrate` applies the schema as the owner and
+        // creates the writer's INSERT-only and the API's SELECT-only roles.
+        let mut migrate_env = sut_env_overrides()?;
+        migrate_env.extend([
+            ("APQ_DATABASE_URL".to_string(), database_url.clone()),
+            ("APQ_DB_WRITER_ROLE".to_string(), roles[0].clone()),
+            ("APQ_DB_READER_ROLE".to_string(), roles[1].clone()),
+        ]);
+        let log = config.report_dir.join("sut-logs").join(format!("migrate-{run_id}.log"));
+        crate::sut::run_once(&sut_command(&config)?, "migrate", &migrate_env, &log, std::time::Duration::from_secs(60))
+            .await
+            .context("setting up the run database (`<adapter> migrate`)")?;
+        let writer_url = with_user(&database_url, &roles[0])?;
+        let reader_url = with_user(&database_url, &roles[1])?;
+        let db = Db::connect(&database_url).await?;
+        let mut service_env = vec![
+            ("APQ_AMQP_URL".to_string(), config.amqp_url.clone()),
+            // Everyone reads; only the DataWriter writes (below).
+            ("APQ_DATABASE_URL".to_string(), reader_url),
+            ("APQ_API_TOKENS".to_string(), format!("qa-token-{run_id}")),
+            ("APQ_API_BIND".to_string(), "127.0.0.1:0".to_string()),
+            ("APQ_API_RATE_LIMIT_PER_SEC".to_string(), "5000".to_string()),
+            ("APQ_API_RATE_LIMIT_BURST".to_string(), "10000".to_string()),
+        ];
+        for (k, v) in sut_env_overrides()? {
+            service_env.retain(|(ek, _)| *ek != k);
+            service_env.push((k, v));
+        }
+        let writer_env = vec![("APQ_DATABASE_URL".to_string(), writer_url)];
+        let shared = new_local_pipeline(&config, &conn, namespace, service_env, writer_env.clone(), &run_id).await?;
+        let mut env = Env {
+            shared,
+            database_url,
+            config,
+            run_id,
+            db,
+            created_db: Some(db_name.to_string()),
+            created_roles: roles.to_vec(),
+            writer_env,
+            conn,
+        };
+        for c in [Component::DataWriter, Component::AlgorithmA, Component::AlgorithmB, Component::RestApi] {
+            if let Err(e) = env.shared.start(c, 1, &[]).await {
+                if let Some(p) = &env.shared.procs {
+                    p.stop_all().await;
+                }
+                return Err(e.context(format!("starting {}", c.subcommand())));
+            }
+        }
+        Ok(env)
     }
 
     pub fn is_local(&self) -> bool {
@@ -312,7 +311,9 @@ fn sut_env_overrides() -> anyhow::Result<Vec<(String, String)>> {
 pub fn with_user(url: &str, user: &str) -> anyhow::Result<String> {
     let scheme_end = url.find("://").context("database URL has no scheme")? + 3;
     let rest = &url[scheme_end..];
-    let host = rest.rfind('@').map(|at| &rest[at + 1..]).unwrap_or(rest);
+    // The user part ends at the last '@' before the path (a query may hold '@' too).
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let host = rest[..authority_end].rfind('@').map(|at| &rest[at + 1..]).unwrap_or(rest);
     Ok(format!("{}{user}@{host}", &url[..scheme_end]))
 }
 
@@ -344,5 +345,9 @@ mod tests {
         assert_eq!(with_user("postgres://postgres@h:5432/db", "w").unwrap(), "postgres://w@h:5432/db");
         assert_eq!(with_user("postgres://u:pw@h/db?x=1", "r").unwrap(), "postgres://r@h/db?x=1");
         assert_eq!(with_user("postgres://h:5432/db", "w").unwrap(), "postgres://w@h:5432/db");
+        assert_eq!(
+            with_user("postgres://u@h/db?application_name=a@b", "w").unwrap(),
+            "postgres://w@h/db?application_name=a@b"
+        );
     }
 }

@@ -231,7 +231,7 @@ fn show(v: &Value) -> String {
     if s.len() <= MAX {
         return s;
     }
-    let cut = (0..=MAX).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+    let cut = contract::floor_char_boundary(&s, MAX);
     format!("{}…", &s[..cut])
 }
 

@@ -186,13 +186,13 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                                 Some((t, d)) => (t, d?),
                                 None => return Err(ServiceError::Other("consumer stream ended".into())),
                             };
-                            let (ch, queue) = if feature_type == FeatureType::A { (&ch_a, &queue_a) } else { (&ch_b, &queue_b) };
+                            let ch = if feature_type == FeatureType::A { &ch_a } else { &ch_b };
                             let props = crate::amqp::DeliveryProps::of(&delivery);
                             let max = settings.amqp.max_message_bytes;
                             match crate::amqp::guarded(|| decode(feature_type, &delivery.data, &props.envelope(), max, &faults)) {
                                 Ok(row) => batch.push(row, delivery),
                                 Err(rejection) => {
-                                    dead_letter(ch, &delivery, &DeadLetters::new(names, &Names::dlq_of(queue), queue, instance), &rejection).await?;
+                                    dead_letter(ch, &delivery, if feature_type == FeatureType::A { &sinks.a.1 } else { &sinks.b.1 }, &rejection).await?;
                                 }
                             }
                             if batch.len() < settings.data_writer.batch_size {
@@ -321,7 +321,8 @@ async fn isolate(
     Ok(())
 }
 
-/// How to settle a batch's deliveries (always `multiple`, up to the delivery named).
+/// How to settle deliveries: a batch with one `multiple` settlement up to the delivery named, or
+/// one delivery of a refused batch on its own.
 enum Settle {
     /// Committed: remove them from the queue.
     Ack(lapin::Acker),

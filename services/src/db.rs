@@ -167,6 +167,9 @@ impl Roles {
 pub async fn setup(url: &str, fault_ignore_unique: bool, roles: &Roles) -> Result<(), DbError> {
     let (mut client, conn) = tokio_postgres::connect(url, NoTls).await?;
     let task = tokio::spawn(conn);
+    // Several set-ups may run at once (one init container per writer replica): one at a time,
+    // for the roles too (CREATE ROLE and GRANT race otherwise). Released when the session ends.
+    client.execute("SELECT pg_advisory_lock($1)", &[&(MIGRATION_LOCK_KEY + 1)]).await?;
     migrate(&mut client).await?;
     set_unique_constraint(&client, !fault_ignore_unique).await?;
     // The writer needs INSERT, the id sequence, the conflict target column, and to read the
@@ -201,12 +204,14 @@ pub async fn setup(url: &str, fault_ignore_unique: bool, roles: &Roles) -> Resul
                 .query_one("SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)", &[name, pw])
                 .await?
                 .get(0),
-            (true, None) => String::new(),
+            (true, None) => client.query_one("SELECT format('ALTER ROLE %I LOGIN', $1::text)", &[name]).await?.get(0),
         };
         if !ddl.is_empty() {
             client.batch_execute(&ddl).await?;
         }
         let quoted: String = client.query_one("SELECT quote_ident($1::text)", &[name]).await?.get(0);
+        // Whatever an existing role had on the table before, it gets exactly the grants below.
+        client.batch_execute(&format!("REVOKE ALL ON features FROM {quoted}")).await?;
         for statement in statements {
             client.batch_execute(&statement.replace("{role}", &quoted)).await?;
         }

@@ -363,8 +363,7 @@ pub struct Rendered {
 /// Each input gets fresh ids, so no two inputs share a `message_id`.
 pub fn base_message(channel: Channel, sensor_id: &str, sequence: u64) -> anyhow::Result<Value> {
     let now = chrono::Utc::now();
-    let samples = crate::signal::Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600);
-    let chunk = AudioChunk::from_samples(sensor_id, sequence, now, 16_000, 1, Encoding::PcmF32le, &samples);
+    let chunk = AudioChunk::from_samples(sensor_id, sequence, now, 16_000, 1, Encoding::PcmF32le, &base_samples());
     Ok(match channel {
         Channel::AudioStream => serde_json::to_value(&chunk)?,
         Channel::FeaturesA => serde_json::to_value(crate::signal::feature_a_for(&chunk, "qa-fuzz", now)?)?,
@@ -422,7 +421,7 @@ pub fn render(input: &HostileInput, base: &Value, prefix: &str) -> anyhow::Resul
                 raws.push((serde_json::to_string(&token)?, raw));
             }
             Mutation::Samples { values } => {
-                let mut pcm: Vec<f32> = Signal440::samples();
+                let mut pcm: Vec<f32> = base_samples();
                 for (i, v) in values.iter().enumerate() {
                     if i < pcm.len() {
                         pcm[i] = parse_f32(v)?;
@@ -456,12 +455,9 @@ pub fn render(input: &HostileInput, base: &Value, prefix: &str) -> anyhow::Resul
     Ok(out)
 }
 
-/// The base chunk's samples (the 440 Hz sine every audio input starts from).
-struct Signal440;
-impl Signal440 {
-    fn samples() -> Vec<f32> {
-        crate::signal::Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600)
-    }
+/// The 100 ms, 16 kHz, 440 Hz sine every audio input (and every canary) starts from.
+pub fn base_samples() -> Vec<f32> {
+    crate::signal::Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600)
 }
 
 fn apply_message_op(op: MessageOp, out: &mut Vec<Rendered>) -> anyhow::Result<()> {

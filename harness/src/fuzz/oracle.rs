@@ -166,18 +166,22 @@ async fn minimise(
 ) -> (Option<Pipeline>, Vec<HostileInput>, Failure) {
     let mut last: Option<Pipeline> = None;
     let mut n = 10_000;
-    while culprit.len() > 1 {
+    // A trial "reproduces" only when the same stage fails; a trial that could not run at all
+    // (the harness could not start a pipeline) ends minimising with what is known so far.
+    let stage = failure.stage.clone();
+    let same = |r: &anyhow::Result<Option<Failure>>| matches!(r, Ok(Some(f)) if f.stage == stage);
+    'bisect: while culprit.len() > 1 {
         let (left, right) = culprit.split_at(culprit.len() / 2);
-        let (left, right) = (left.to_vec(), right.to_vec());
-        n += 1;
-        if let Some(f) = attempt(fresh, db, &left, trial, n, &mut last).await {
-            (culprit, failure) = (left, f);
-            continue;
-        }
-        n += 1;
-        if let Some(f) = attempt(fresh, db, &right, trial, n, &mut last).await {
-            (culprit, failure) = (right, f);
-            continue;
+        for half in [left.to_vec(), right.to_vec()] {
+            n += 1;
+            let r = attempt(fresh, db, &half, trial, n, &mut last).await;
+            if r.is_err() {
+                break 'bisect;
+            }
+            if same(&r) {
+                (culprit, failure) = (half, r.ok().flatten().expect("matched Some"));
+                continue 'bisect;
+            }
         }
         break; // only the combination fails: report the whole part
     }
@@ -188,9 +192,14 @@ async fn minimise(
             let mut smaller = input.clone();
             smaller.mutations.remove(i);
             n += 1;
-            match attempt(fresh, db, std::slice::from_ref(&smaller), trial, n, &mut last).await {
-                Some(f) => (input, failure) = (smaller, f),
-                None => i += 1,
+            let r = attempt(fresh, db, std::slice::from_ref(&smaller), trial, n, &mut last).await;
+            if r.is_err() {
+                break;
+            }
+            if same(&r) {
+                (input, failure) = (smaller, r.ok().flatten().expect("matched Some"));
+            } else {
+                i += 1;
             }
         }
         culprit = vec![input];
@@ -198,7 +207,8 @@ async fn minimise(
     (last, culprit, failure)
 }
 
-/// Runs `inputs` on a fresh pipeline (tearing down the previous one); Some(failure) if it fails.
+/// Runs `inputs` on a fresh pipeline (tearing down the previous one): Ok(Some(failure)) if it
+/// fails, Ok(None) if it passes, Err if no pipeline could be started.
 async fn attempt(
     fresh: &mut (dyn FnMut() -> BoxedPipeline + Send),
     db: &Db,
@@ -206,25 +216,15 @@ async fn attempt(
     trial: &Trial<'_>,
     n: usize,
     last: &mut Option<Pipeline>,
-) -> Option<Failure> {
+) -> anyhow::Result<Option<Failure>> {
     if let Some(p) = last.take() {
         p.teardown().await;
     }
-    let p = match fresh().await {
-        Ok(p) => p,
-        Err(e) => {
-            return Some(Failure {
-                stage: "harness".into(),
-                message: format!("could not start a fresh pipeline for bisection: {e:#}"),
-                canary: String::new(),
-                logs: vec![],
-            });
-        }
-    };
+    let p = fresh().await.context("starting a fresh pipeline for bisection")?;
     let mut scratch = Report::default();
     let r = check_batch(&p, db, inputs, trial.seed, trial.prefix, n, trial.settings, &mut scratch).await.err();
     *last = Some(p);
-    r
+    Ok(r)
 }
 
 /// Publishes one batch and a canary, then applies every check; on the first violation returns
@@ -366,7 +366,7 @@ struct Canary {
 
 async fn canary(p: &Pipeline, prefix: &str, n: usize) -> anyhow::Result<Canary> {
     let sensor = format!("{prefix}.canary");
-    let samples = crate::signal::Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600);
+    let samples = super::base_samples();
     let chunk = contract::AudioChunk::from_samples(
         &sensor,
         n as u64,
@@ -492,11 +492,8 @@ async fn account(
                 && m.headers.get(TOKEN_HEADER).is_some_and(|t| tokens.contains_key(t.as_str()))
         });
         let ids: Vec<Uuid> = published.iter().map(|x| x.base_id).collect();
-        let rows = match published.first().map(|x| x.input.channel) {
-            Some(Channel::AudioStream) | None => db.rows_by_source_ids(&ids).await,
-            Some(_) => db.rows_by_message_ids(&ids).await,
-        }
-        .map_err(|e| fail("harness", format!("{e:#}")))?;
+        let mut rows = db.rows_by_message_ids(&ids).await.map_err(|e| fail("harness", format!("{e:#}")))?;
+        rows.extend(db.rows_by_source_ids(&ids).await.map_err(|e| fail("harness", format!("{e:#}")))?);
         let mut pending = Vec::new();
         let mut out = Vec::new();
         for x in published {
@@ -575,6 +572,21 @@ async fn account(
                             x.publications
                         ),
                     ));
+                }
+                // A processed chunk is done only once its Feature A and B are both stored.
+                if x.input.channel == Channel::AudioStream && processed > 0 {
+                    let stored = |t: &str| {
+                        rows.iter().filter(|r| r.source_message_id == x.base_id && r.feature_type == t).count()
+                    };
+                    if stored("A") < processed || stored("B") < processed {
+                        pending.push(format!(
+                            "DataWriter: input audio_stream #{} ({}): {processed} Feature A out, rows A {} and B {}",
+                            x.input.index,
+                            x.input.describe(),
+                            stored("A"),
+                            stored("B")
+                        ));
+                    }
                 }
                 if handled < x.publications {
                     pending.push(format!(
@@ -744,7 +756,9 @@ fn new_problems(p: &Pipeline, before: &HashMap<std::path::PathBuf, u64>) -> Vec<
             let problem = line.contains("panicked at")
                 || ((line.contains(" WARN ") || line.contains(" ERROR "))
                     && !line.contains("message dead-lettered")
-                    && !line.contains("writing its rows one by one"));
+                    && !line.contains("writing its rows one by one")
+                    // Slowness is the load gates' business, not a hostile input's.
+                    && !line.contains("slow batch commit"));
             if problem {
                 out.push(format!("{name}: {}", line.chars().take(400).collect::<String>()));
             }

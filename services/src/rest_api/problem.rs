@@ -26,7 +26,7 @@ pub fn cut(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
-    let end = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+    let end = contract::floor_char_boundary(s, max);
     format!("{}…", &s[..end])
 }
 

@@ -61,7 +61,7 @@ async fn main() -> ExitCode {
     std::fs::create_dir_all(&cucumber_dir).expect("create the run's cucumber report folder");
     let features = harness::paths::features(&root);
     let writes_db = config.external_writes_db;
-    let external_fuzz = std::env::var_os("QA_EXTERNAL_FUZZ").is_some();
+    let external_fuzz = harness::config::flag("QA_EXTERNAL_FUZZ");
 
     let profile = config.profile;
     eprintln!("harness: profile {profile:?}; starting the environment …");
@@ -151,7 +151,7 @@ async fn main() -> ExitCode {
             .map(|m| m.iter().map(|(c, o)| format!("{c} {o}")).collect())
             .unwrap_or_default();
         println!(
-            "hostile input: {} inputs checked ({:.0}/s with the oracle); {}",
+            "hostile input: {} inputs checked ({:.0}/s per campaign, with the oracle); {}",
             fuzz["inputs"],
             fuzz["inputs_per_second"].as_f64().unwrap_or(0.0),
             per_channel.join("; ")

@@ -57,7 +57,7 @@ async fn corpus(w: &mut World, count: usize, channel: ChannelParam, seed: u64) -
 #[when(expr = "the hostile inputs are published in batches of {int}, each followed by a canary chunk")]
 async fn publish(w: &mut World, batch: usize) -> anyhow::Result<()> {
     let env = w.env.clone();
-    if !env.is_local() && std::env::var("QA_EXTERNAL_FUZZ").is_err() {
+    if !env.is_local() && !harness::config::flag("QA_EXTERNAL_FUZZ") {
         bail!("hostile input fills a deployment's dead-letter queues: set QA_EXTERNAL_FUZZ=1 to run it against one");
     }
     let settings = Settings {
@@ -71,8 +71,9 @@ async fn publish(w: &mut World, batch: usize) -> anyhow::Result<()> {
     let scenario = w.scenario.clone();
     let reproduce = |inputs: &[HostileInput]| {
         format!(
-            "QA_FUZZ_SEED={} QA_FUZZ_ONLY={} cargo test -p steps --test cucumber -- --name {:?}",
+            "QA_FUZZ_SEED={} QA_FUZZ_INPUTS={} QA_FUZZ_ONLY={} cargo test -p steps --test cucumber -- --name {:?}",
             w.fuzz.seed,
+            inputs.iter().map(|i| i.index + 1).max().unwrap_or(1),
             inputs.iter().map(|i| i.index.to_string()).collect::<Vec<_>>().join(","),
             scenario
         )
@@ -109,7 +110,10 @@ async fn start_private(env: &harness::env::Env, prefix: &str, n: usize) -> anyho
     let slug: String = format!("fz{n}-{}", prefix.rsplit('-').next().unwrap_or("x"));
     let mut p = env.private_pipeline(&slug, &[]).await?;
     for c in [Component::DataWriter, Component::AlgorithmA, Component::AlgorithmB, Component::RestApi] {
-        p.start(c, 1, &[]).await.with_context(|| format!("starting {} for hostile input", c.subcommand()))?;
+        if let Err(e) = p.start(c, 1, &[]).await {
+            p.teardown().await; // its namespace must not outlive a failed start
+            return Err(e.context(format!("starting {} for hostile input", c.subcommand())));
+        }
     }
     Ok(p)
 }
