@@ -37,6 +37,8 @@ check "clone A passes ($pa passed, $fa failed)" '[ "$(cat "$work/a.rc")" = 0 ] &
 check "clone B passes ($pb passed, $fb failed)" '[ "$(cat "$work/b.rc")" = 0 ] && [ "$fb" = 0 ] && [ "$pb" -gt 0 ]'
 check "each ran its own features (A - B = $((pa - pb)), the $dropped_n scenarios B dropped)" '[ $((pa - pb)) = "$dropped_n" ]'
 check "each wrote its reports into its own checkout" '[ -d "$work/a/reports/runs" ] && [ -d "$work/b/reports/runs" ] && [ "$(ls "$work/a/reports/runs")" != "$(ls "$work/b/reports/runs")" ]'
-for c in a b; do [ "$(cat "$work/$c.rc")" = 0 ] || { say "clone $c log tail:"; tail -n 30 "$work/$c.log"; }; done
+for c in a b; do
+  [ "$(cat "$work/$c.rc")" = 0 ] || { say "clone $c failed:"; grep -E -A4 '✘|Step (failed|panicked)' "$work/$c.log" | head -n 60; tail -n 8 "$work/$c.log"; }
+done
 echo "two-clones: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -89,21 +89,20 @@ async fn handle(
     let result = tokio::task::spawn_blocking(move || {
         crate::amqp::guarded(|| {
             let chunk: AudioChunk = contract::decode_delivery(&data, &props.envelope(), max_bytes, Utc::now())?;
-            process(&chunk, &id)
+            let feature = process(&chunk, &id)?;
+            // Our own output must keep the contract too (e.g. a feature out of range): if it
+            // does not, the input is dead-lettered with that reason.
+            let body = contract::check_outgoing(MessageKind::FeatureA, &feature)?;
+            Ok((feature, body))
         })
     })
     .await
     .unwrap_or_else(|e| Err(Rejection::ProcessingFailed(format!("the processing task failed: {e}"))));
-    let feature = match result {
-        Ok(f) => f,
+    let (feature, body) = match result {
+        Ok(done) => done,
         Err(rejection) => {
-            dead_letter(
-                ch,
-                &delivery,
-                &DeadLetters::new(names, &names.audio_stream_dlq(), &queue, instance),
-                &rejection,
-            )
-            .await?;
+            let route = DeadLetters::new(names, &names.audio_stream_dlq(), &queue, instance);
+            dead_letter(ch, &delivery, &route, &rejection).await?;
             return Ok(());
         }
     };
@@ -112,20 +111,6 @@ async fn handle(
         delivery.ack(BasicAckOptions::default()).await?;
         return Ok(());
     }
-    let body = match contract::check_outgoing(MessageKind::FeatureA, &feature) {
-        Ok(b) => b,
-        Err(rejection) => {
-            // Our own output breaks the contract (e.g. a feature out of range): keep the input.
-            dead_letter(
-                ch,
-                &delivery,
-                &DeadLetters::new(names, &names.audio_stream_dlq(), &queue, instance),
-                &rejection,
-            )
-            .await?;
-            return Ok(());
-        }
-    };
     let props =
         json_properties(&feature.message_id.to_string(), MessageKind::FeatureA.schema_header(), &feature.sensor_id);
     if let Err(e) = publish_confirmed(ch, &names.features_a(), "", &body, props).await {
