@@ -15,6 +15,7 @@ mod steps;
 mod world;
 
 use cucumber::event::ScenarioFinished;
+use cucumber::tag::Ext as _;
 use cucumber::{World as _, WriterExt as _, writer};
 use futures::FutureExt as _;
 use harness::config::Config;
@@ -86,7 +87,7 @@ async fn main() -> ExitCode {
     let json = std::fs::File::create(cucumber_dir.join("cucumber.json")).expect("create cucumber.json");
     let concurrency = std::env::var("QA_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
 
-    let writer = World::cucumber()
+    let cucumber = World::cucumber()
         .max_concurrent_scenarios(concurrency)
         .before(|_feature, _rule, scenario, world| {
             async move {
@@ -105,9 +106,19 @@ async fn main() -> ExitCode {
                 .tee::<World, _>(writer::Json::for_tee(json))
                 .normalized(),
         )
-        .fail_on_skipped()
-        .filter_run(features, move |feature, _rule, scenario| {
+        .fail_on_skipped();
+    // cucumber drops a run's filter closure when `--tags` or `--name` is given; the exclusions
+    // below must hold whatever the command line says, so its filters are applied here, inside.
+    let (cucumber, cli_name, cli_tags) = split_cli_filters(cucumber);
+    let writer = cucumber
+        .filter_run(features, move |feature, rule, scenario| {
             let tagged = |tag: &str| feature.tags.iter().chain(scenario.tags.iter()).any(|t| t == tag);
+            let all_tags = || feature.tags.iter().chain(rule.iter().flat_map(|r| &r.tags)).chain(scenario.tags.iter());
+            if cli_name.as_ref().is_some_and(|re| !re.is_match(&scenario.name))
+                || cli_tags.as_ref().is_some_and(|t| !t.eval(all_tags()))
+            {
+                return false;
+            }
             // @load specs (features/sla/) are SLA runs for the load binary (`load spec`), not
             // behaviour scenarios.
             if tagged("load") {
@@ -174,6 +185,27 @@ async fn main() -> ExitCode {
     println!("behaviour suite wall time: {:.1}s", started.elapsed().as_secs_f64());
     println!("scenarios: {passed} passed, {failed} failed");
     if writer.execution_has_failed() || failed > 0 || passed == 0 { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+/// Parses cucumber's command line, takes its `--name` and `--tags` filters out (to be applied by
+/// the run's own filter, which cucumber would otherwise ignore) and hands the rest back.
+#[allow(clippy::type_complexity)]
+fn split_cli_filters<W, P, I, R, Wr>(
+    cucumber: cucumber::Cucumber<W, P, I, R, Wr, cucumber::cli::Empty>,
+) -> (
+    cucumber::Cucumber<W, P, I, R, Wr, cucumber::cli::Empty>,
+    Option<regex::Regex>,
+    Option<cucumber::gherkin::tagexpr::TagOperation>,
+)
+where
+    W: cucumber::World,
+    P: cucumber::Parser<I>,
+    R: cucumber::Runner<W>,
+    Wr: cucumber::Writer<W> + cucumber::writer::Normalized,
+{
+    let mut cli = cucumber::cli::Opts::<P::Cli, R::Cli, Wr::Cli, cucumber::cli::Empty>::parsed();
+    let (name, tags) = (cli.re_filter.take(), cli.tags_filter.take());
+    (cucumber.with_cli(cli), name, tags)
 }
 
 /// Records a finished scenario for the summary.
