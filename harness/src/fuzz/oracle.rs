@@ -615,8 +615,7 @@ async fn account(
                 ),
             ));
         }
-        // Polling the tap and the table until everything is accounted for (bounded by `deadline`).
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll the tap and table again (bounded by `deadline`)
     }
 }
 
