@@ -62,28 +62,7 @@ impl Live {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let mut child = tokio::process::Command::new(bin)
-            .args(["live", "--algorithm-a", "1", "--algorithm-b", "1", "--sensors", "1"])
-            .envs(env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {} live", bin.display()))?;
-        let mut lines = BufReader::new(child.stderr.take().context("stderr is piped")?).lines();
-        let url = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.split("live pipeline up: API ").nth(1) {
-                    return Ok::<_, std::io::Error>(rest.split_whitespace().next().map(str::to_string));
-                }
-            }
-            Ok(None)
-        })
-        .await
-        .context("pipeline live did not come up within 60 s")??
-        .context("pipeline live exited before printing its address")?;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, url) = crate::localapi::spawn_live(bin, 1, &env, None).await?;
         let live = Live { child, url, token, names: Names::new(&namespace), db_name, env };
         // The sensor publishes 10 chunks/s; wait until the API serves one.
         let api = harness::api::ApiClient::new(&live.url, Some(live.token.clone()))?;

@@ -69,40 +69,8 @@ impl LocalApi {
             env.push(("APQ_API_RATE_LIMIT_PER_SEC", "1000000000".into()));
             env.push(("APQ_API_RATE_LIMIT_BURST", "1000000000".into()));
         }
-        if let Some(dir) = spec.log.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let mut log =
-            tokio::fs::File::create(&spec.log).await.with_context(|| format!("creating {}", spec.log.display()))?;
-        let sensors = spec.sensors.max(1).to_string();
-        let mut child = tokio::process::Command::new(&spec.services_bin)
-            .args(["live", "--algorithm-a", "1", "--algorithm-b", "1", "--sensors", &sensors])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {} live", spec.services_bin.display()))?;
-        let mut lines = BufReader::new(child.stderr.take().context("stderr is piped")?).lines();
-        let url = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.split("live pipeline up: API ").nth(1) {
-                    return Ok::<_, std::io::Error>(rest.split_whitespace().next().map(str::to_string));
-                }
-            }
-            Ok(None)
-        })
-        .await
-        .context("pipeline live did not come up within 60 s")??
-        .with_context(|| format!("pipeline live exited before printing its address (log: {})", spec.log.display()))?;
-        // The rest of its output goes to the log file.
-        tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt as _;
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = log.write_all(format!("{line}\n").as_bytes()).await;
-            }
-        });
+        let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let (child, url) = spawn_live(&spec.services_bin, spec.sensors.max(1), &env, Some(&spec.log)).await?;
         let api = LocalApi {
             child,
             url,
@@ -159,4 +127,58 @@ impl LocalApi {
             eprintln!("load: warning: could not drop {}: {e:#}", self.db_name);
         }
     }
+}
+
+/// Spawns `<bin> live` with `env` and waits (≤ 60 s) for the line that announces its API's
+/// address; the rest of its stderr goes to `log` (or is read and dropped, so it never blocks).
+pub async fn spawn_live(
+    bin: &Path,
+    sensors: usize,
+    env: &[(String, String)],
+    log: Option<&Path>,
+) -> anyhow::Result<(tokio::process::Child, String)> {
+    let mut file = match log {
+        Some(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            Some(tokio::fs::File::create(path).await.with_context(|| format!("creating {}", path.display()))?)
+        }
+        None => None,
+    };
+    let mut child = tokio::process::Command::new(bin)
+        .args(["live", "--algorithm-a", "1", "--algorithm-b", "1", "--sensors", &sensors.to_string()])
+        .envs(env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} live", bin.display()))?;
+    let mut lines = BufReader::new(child.stderr.take().context("stderr is piped")?).lines();
+    let url = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.split("live pipeline up: API ").nth(1) {
+                return Ok::<_, std::io::Error>(rest.split_whitespace().next().map(str::to_string));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .context("pipeline live did not come up within 60 s")??
+    .with_context(|| {
+        format!(
+            "pipeline live exited before printing its address{}",
+            log.map(|l| format!(" (log: {})", l.display())).unwrap_or_default()
+        )
+    })?;
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(f) = file.as_mut() {
+                let _ = f.write_all(format!("{line}\n").as_bytes()).await;
+            }
+        }
+    });
+    Ok((child, url))
 }
