@@ -13,10 +13,13 @@ Feature: The DataWriter persists both feature types, idempotently
     When the same Feature A message for sensor "redelivered" is published to features_a twice
     Then the database holds exactly one row per Feature message of sensor "redelivered"
 
-  Scenario: A chunk published twice yields one row per Feature message
+  # Contract 1.3: output ids derive from the input's, so both copies are one Feature A message.
+  Scenario: A chunk published twice is stored once per feature type
     When sensor "dup" publishes the same chunk of 440 Hz sine at amplitude 0.5 twice
     Then exactly 2 Feature A messages arrive for sensor "dup"
     And the database holds exactly one row per Feature message of sensor "dup"
+    And the database eventually holds 1 Feature A row for sensor "dup"
+    And the database eventually holds 1 Feature B row for sensor "dup"
 
   Scenario Outline: Batch boundaries: <n> chunks in a row are all written
     When sensor "batch" publishes <n> chunks of white noise at amplitude 0.2

@@ -37,6 +37,18 @@ const KNOWN_APQ_VARS: &[&str] = &[
     "APQ_WRITER_FAULT_RETRY_REJECTED",
     "APQ_WRITER_FAULT_UNBOUNDED_PROCESSED_BY",
     "APQ_FAULT_BYTE_TRUNCATE_DETAIL",
+    "APQ_RECONNECT_MIN_MS",
+    "APQ_RECONNECT_MAX_MS",
+    "APQ_HEARTBEAT_SECS",
+    "APQ_FAULT_RANDOM_OUTPUT_IDS",
+    "APQ_FAULT_BACKOFF_NO_RESET",
+    "APQ_FAULT_NO_HEARTBEAT",
+    "APQ_WRITER_WRITE_TIMEOUT_MS",
+    "APQ_WRITER_CONNECT_TIMEOUT_MS",
+    "APQ_WRITER_KEEPALIVE_IDLE_MS",
+    "APQ_WRITER_SHUTDOWN_TIMEOUT_MS",
+    "APQ_WRITER_FAULT_NO_DEADLINES",
+    "APQ_API_FAULT_NO_CACHE_REFILL",
     "APQ_DB_WRITER_ROLE",
     "APQ_DB_WRITER_PASSWORD",
     "APQ_DB_READER_ROLE",
@@ -68,6 +80,11 @@ const FAULT_VARS: &[&str] = &[
     "APQ_WRITER_FAULT_UNBOUNDED_PROCESSED_BY",
     "APQ_FAULT_BYTE_TRUNCATE_DETAIL",
     "APQ_API_FAULT_SKIP_AUTH",
+    "APQ_FAULT_RANDOM_OUTPUT_IDS",
+    "APQ_FAULT_BACKOFF_NO_RESET",
+    "APQ_FAULT_NO_HEARTBEAT",
+    "APQ_WRITER_FAULT_NO_DEADLINES",
+    "APQ_API_FAULT_NO_CACHE_REFILL",
 ];
 /// Variables that carry credentials: in Kubernetes they must come from a Secret.
 const SECRET_VARS: &[&str] = &[
@@ -394,6 +411,30 @@ fn deployments_probe_the_health_endpoints_the_services_serve() {
         }
     }
     assert!(problems.is_empty(), "probe problems:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn every_deployment_is_scraped_by_prometheus_on_the_port_serving_metrics() {
+    let objs = k8s_objects();
+    let mut problems = Vec::new();
+    for o in of_kind(&objs, "Deployment") {
+        let name = o.name();
+        let port = if CONSUMERS.contains(&name) { "8081" } else { "8000" };
+        let annotations = at(&o.v, &["spec", "template", "metadata", "annotations"]);
+        let get = |k: &str| annotations.and_then(|a| a.get(k)).and_then(Value::as_str);
+        let found = (get("prometheus.io/scrape"), get("prometheus.io/port"), get("prometheus.io/path"));
+        if found != (Some("true"), Some(port), Some("/metrics")) {
+            problems.push(format!(
+                "{}: expected pod annotations prometheus.io/scrape=true, port={port}, path=/metrics; found {found:?}",
+                o.id()
+            ));
+        }
+        let c = &seq(pod_spec(o).expect("pod spec"), &["containers"])[0];
+        if !seq(c, &["ports"]).iter().any(|cp| i(cp, &["containerPort"]).map(|p| p.to_string()).as_deref() == Some(port)) {
+            problems.push(format!("{}: the scrape port {port} is not a declared containerPort", o.id()));
+        }
+    }
+    assert!(problems.is_empty(), "scrape problems:\n{}", problems.join("\n"));
 }
 
 /// A probe port is a number or the name of one of the container's ports.

@@ -4,7 +4,7 @@
 
 use crate::amqp::{DeadLetters, dead_letter, json_properties, publish_confirmed};
 use crate::config::Settings;
-use crate::contract::{self, AudioChunk, FeatureA, MessageKind, Rejection};
+use crate::contract::{self, AudioChunk, FeatureA, FeatureType, MessageKind, Rejection};
 use crate::runtime::{Health, ServiceError, consume_until_shutdown, start_consuming, supervise};
 use crate::topology::{self, Names};
 use chrono::Utc;
@@ -16,14 +16,16 @@ use uuid::Uuid;
 
 pub const COMPONENT: &str = "algorithm-a";
 
-/// Pure step: chunk → Feature A (or the reason it cannot be processed).
+/// Pure step: chunk → Feature A (or the reason it cannot be processed). The output's id is
+/// derived from the chunk's (contract 1.3), so reprocessing a redelivered chunk yields the same
+/// message, which the writer stores once.
 pub fn process(chunk: &AudioChunk, instance: &str) -> Result<FeatureA, Rejection> {
     let samples = chunk.decode_samples()?;
     let features = crate::dsp::extract(&samples, chunk.channels, chunk.sample_rate);
     Ok(FeatureA {
         schema_version: 1,
         feature_type: "A".into(),
-        message_id: Uuid::new_v4(),
+        message_id: contract::derived_message_id(chunk.message_id, FeatureType::A),
         source_message_id: chunk.message_id,
         sensor_id: chunk.sensor_id.clone(),
         sequence: chunk.sequence,
@@ -59,12 +61,15 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                 announced,
             )
             .await?;
-            let max = settings.amqp.max_message_bytes;
-            let drop_every = settings.algorithm_a.fault_drop_every;
-            consume_until_shutdown(&conn, &ch, consumer, instance, shutdown, |delivery| {
+            let faults = Faults {
+                max_bytes: settings.amqp.max_message_bytes,
+                drop_every: settings.algorithm_a.fault_drop_every,
+                random_ids: settings.faults.random_output_ids,
+            };
+            consume_until_shutdown(&conn, &ch, consumer, instance, COMPONENT, health, shutdown, |delivery| {
                 let (ch, names, instance) = (ch.clone(), names.clone(), instance.clone());
                 let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                async move { handle(&ch, &names, &instance, delivery, max, drop_every, n).await }
+                async move { handle(&ch, &names, &instance, delivery, faults, n).await }
             })
             .await
         }
@@ -72,15 +77,26 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
     .await;
 }
 
+/// A handler's limits and fault switches.
+#[derive(Debug, Clone, Copy)]
+struct Faults {
+    /// Largest accepted body.
+    max_bytes: usize,
+    /// `fault_drop_every`: ack every Nth chunk without publishing (0 = off).
+    drop_every: u64,
+    /// `faults.random_output_ids`: a new random id per attempt instead of the derived one.
+    random_ids: bool,
+}
+
 async fn handle(
     ch: &lapin::Channel,
     names: &Names,
     instance: &str,
     delivery: lapin::message::Delivery,
-    max_bytes: usize,
-    drop_every: u64,
+    faults: Faults,
     n: u64,
 ) -> Result<(), ServiceError> {
+    let Faults { max_bytes, drop_every, random_ids } = faults;
     let queue = names.audio_stream();
     // Decoding and DSP are CPU work: off the async workers (a maximal chunk must not stall the
     // other deliveries or the health endpoint), and a panic is a dead letter, not a crash loop.
@@ -89,7 +105,10 @@ async fn handle(
     let result = tokio::task::spawn_blocking(move || {
         crate::amqp::guarded(|| {
             let chunk: AudioChunk = contract::decode_delivery(&data, &props.envelope(), max_bytes, Utc::now())?;
-            let feature = process(&chunk, &id)?;
+            let mut feature = process(&chunk, &id)?;
+            if random_ids {
+                feature.message_id = Uuid::new_v4(); // the fault: every attempt a new message
+            }
             // Our own output must keep the contract too (e.g. a feature out of range): if it
             // does not, the input is dead-lettered with that reason.
             let body = contract::check_outgoing(MessageKind::FeatureA, &feature)?;

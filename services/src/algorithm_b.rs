@@ -4,7 +4,7 @@
 
 use crate::amqp::{DeadLetters, dead_letter, json_properties, publish_confirmed};
 use crate::config::Settings;
-use crate::contract::{self, EventClass, EventFeatures, FeatureA, FeatureB, MessageKind, SignalFeatures};
+use crate::contract::{self, EventClass, EventFeatures, FeatureA, FeatureB, FeatureType, MessageKind, SignalFeatures};
 use crate::runtime::{Health, ServiceError, consume_until_shutdown, start_consuming, supervise};
 use crate::topology::{self, Names};
 use chrono::Utc;
@@ -43,12 +43,12 @@ pub fn classify(f: &SignalFeatures) -> EventFeatures {
     }
 }
 
-/// Pure step: Feature A → Feature B.
+/// Pure step: Feature A → Feature B, its id derived from Feature A's (contract 1.3).
 pub fn process(a: &FeatureA, instance: &str) -> FeatureB {
     FeatureB {
         schema_version: 1,
         feature_type: "B".into(),
-        message_id: Uuid::new_v4(),
+        message_id: contract::derived_message_id(a.message_id, FeatureType::B),
         feature_a_message_id: a.message_id,
         source_message_id: a.source_message_id,
         sensor_id: a.sensor_id.clone(),
@@ -79,10 +79,11 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                     .await?;
             let max = settings.amqp.max_message_bytes;
             let drop_every = settings.algorithm_b.fault_drop_every;
-            consume_until_shutdown(&conn, &ch, consumer, instance, shutdown, |delivery| {
+            let random_ids = settings.faults.random_output_ids;
+            consume_until_shutdown(&conn, &ch, consumer, instance, COMPONENT, health, shutdown, |delivery| {
                 let (ch, names, instance) = (ch.clone(), names.clone(), instance.clone());
                 let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                async move { handle(&ch, &names, &instance, delivery, max, drop_every, n).await }
+                async move { handle(&ch, &names, &instance, delivery, max, (drop_every, random_ids), n).await }
             })
             .await
         }
@@ -96,7 +97,7 @@ async fn handle(
     instance: &str,
     delivery: lapin::message::Delivery,
     max_bytes: usize,
-    drop_every: u64,
+    (drop_every, random_ids): (u64, bool),
     n: u64,
 ) -> Result<(), ServiceError> {
     let queue = names.algorithm_b_queue();
@@ -114,7 +115,10 @@ async fn handle(
         return Ok(());
     }
     let processed = crate::amqp::guarded(|| {
-        let b = process(&a, instance);
+        let mut b = process(&a, instance);
+        if random_ids {
+            b.message_id = Uuid::new_v4(); // the fault: every attempt a new message
+        }
         contract::check_outgoing(MessageKind::FeatureB, &b).map(|body| (b, body))
     });
     let (b, body) = match processed {

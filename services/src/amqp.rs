@@ -7,30 +7,53 @@ use std::time::Duration;
 
 pub use contract::amqp::{PublishError as AmqpError, confirm_channel, header_str, json_properties, publish_confirmed};
 
-/// Opens a connection, retrying with exponential backoff until `deadline` (None = forever) or
-/// until `shutdown` fires.
+/// Opens a connection, retrying with jittered exponential backoff until it works or `shutdown`
+/// fires (None). The URL gets the configured heartbeat and a connect timeout unless it names its
+/// own, so a silent broker link is noticed in seconds and a connect into one cannot hang.
 pub async fn connect(
-    url: &str,
+    amqp: &crate::config::AmqpSettings,
     name: &str,
-    min_backoff: Duration,
-    max_backoff: Duration,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Option<Connection> {
-    let mut backoff = min_backoff;
+    let heartbeat = (!amqp.fault_no_heartbeat).then_some(amqp.heartbeat_secs);
+    let url = url_with_liveness(&amqp.url, heartbeat, CONNECT_TIMEOUT_MS);
+    let mut backoff = Backoff::for_settings(amqp);
     loop {
         let props = ConnectionProperties::default().with_connection_name(name.into());
-        match Connection::connect(url, props).await {
+        match Connection::connect(&url, props).await {
             Ok(conn) => return Some(conn),
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker unreachable");
+                let delay = backoff.next_delay();
+                crate::metrics::reconnect(name, "broker_unreachable");
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker unreachable");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(max_backoff);
     }
+}
+
+/// How long opening a broker connection (TCP + AMQP handshake) may take.
+const CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// `url` with `heartbeat` (seconds; None = leave the server's default) and `connection_timeout`
+/// (ms) query parameters added where the URL does not set them itself.
+pub fn url_with_liveness(url: &str, heartbeat: Option<u16>, connect_timeout_ms: u64) -> String {
+    let mut out = url.to_string();
+    let mut add = |key: &str, value: String| {
+        let present = out.split_once('?').is_some_and(|(_, q)| q.split('&').any(|kv| kv.split('=').next() == Some(key)));
+        if !present {
+            out.push(if out.contains('?') { '&' } else { '?' });
+            out.push_str(&format!("{key}={value}"));
+        }
+    };
+    if let Some(h) = heartbeat {
+        add("heartbeat", h.to_string());
+    }
+    add("connection_timeout", connect_timeout_ms.to_string());
+    out
 }
 
 /// Fault injection (`amqp.fault_byte_truncate_detail`), set once at start-up: see [`copy_to_dead_letter`].
@@ -153,29 +176,82 @@ pub async fn copy_to_dead_letter(
     headers.insert(HEADER_DLQ_CONSUMER.into(), AMQPValue::LongString(route.consumer.as_str().into()));
     let props = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
     publish_confirmed(ch, &route.exchange, &route.dlq, &delivery.data, props).await?;
+    crate::metrics::dead_lettered(rejection.code());
     tracing::warn!(reason = rejection.code(), detail = %rejection, dlq = route.dlq, "message dead-lettered");
     Ok(())
 }
 
-/// Exponential backoff helper for reconnect loops.
+/// Exponential backoff with full jitter for reconnect loops: each delay is uniform in
+/// [0, bound], the bound doubling per failure up to `max`, so components that lost the same
+/// broker do not all come back in the same millisecond.
 #[derive(Debug, Clone)]
 pub struct Backoff {
-    /// Current delay; doubles on each failure up to `max`.
+    /// Current bound; doubles on each failure up to `max`.
     current: Duration,
+    /// Where `reset` brings the bound back to.
     min: Duration,
+    /// The largest bound.
     max: Duration,
+    /// Full jitter (off only under the `fault_backoff_no_reset` fault: fixed, growing delays).
+    jitter: bool,
 }
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Self {
-        Self { current: min, min, max }
+        Self { current: min, min, max, jitter: true }
+    }
+    /// The reconnect backoff the settings ask for (the fault switch turns jitter off).
+    pub fn for_settings(amqp: &crate::config::AmqpSettings) -> Self {
+        let mut b = Self::new(Duration::from_millis(amqp.reconnect_min_ms), Duration::from_millis(amqp.reconnect_max_ms));
+        b.jitter = !amqp.fault_backoff_no_reset;
+        b
     }
     pub fn next_delay(&mut self) -> Duration {
-        let d = self.current;
+        let bound = self.current;
         self.current = (self.current * 2).min(self.max);
-        d
+        if !self.jitter {
+            return bound;
+        }
+        let ms = bound.as_millis() as u64;
+        Duration::from_millis(rand::random_range(0..=ms))
     }
     pub fn reset(&mut self) {
         self.current = self.min;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jittered_delays_stay_under_a_doubling_bound_and_reset() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let bounds = [100, 200, 400, 800, 800];
+        let mut seen = Vec::new();
+        for bound in bounds {
+            let d = b.next_delay();
+            assert!(d <= Duration::from_millis(bound), "{d:?} above its bound {bound} ms");
+            seen.push(d);
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100), "reset brings the bound back to the minimum");
+        // 1000 draws below 800 ms are not all equal (jitter); a fixed schedule would be.
+        let mut b = Backoff::new(Duration::from_millis(800), Duration::from_millis(800));
+        let draws: std::collections::BTreeSet<_> = (0..1000).map(|_| b.next_delay()).collect();
+        assert!(draws.len() > 10, "no jitter: {draws:?}");
+    }
+
+    #[test]
+    fn liveness_parameters_are_added_once() {
+        assert_eq!(
+            url_with_liveness("amqp://g:g@h:1/%2f", Some(10), 5000),
+            "amqp://g:g@h:1/%2f?heartbeat=10&connection_timeout=5000"
+        );
+        assert_eq!(
+            url_with_liveness("amqp://h/%2f?heartbeat=3", Some(10), 5000),
+            "amqp://h/%2f?heartbeat=3&connection_timeout=5000"
+        );
+        assert_eq!(url_with_liveness("amqp://h/%2f", None, 7), "amqp://h/%2f?connection_timeout=7");
     }
 }

@@ -6,6 +6,7 @@ use crate::config::Settings;
 use crate::runtime::{Health, ServiceError, serve_health, shutdown_on_signals};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -59,6 +60,22 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The `component` label of this process's metrics.
+    fn component(&self) -> &'static str {
+        match self {
+            Command::Sensor => crate::sensor::COMPONENT,
+            Command::AlgorithmA => crate::algorithm_a::COMPONENT,
+            Command::AlgorithmB => crate::algorithm_b::COMPONENT,
+            Command::DataWriter => crate::data_writer::COMPONENT,
+            Command::RestApi => crate::rest_api::COMPONENT,
+            Command::Migrate => "migrate",
+            Command::Purge { .. } => "purge",
+            Command::Live { .. } => "live",
+        }
+    }
+}
+
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     crate::telemetry::init("warn");
@@ -84,6 +101,7 @@ async fn run(cli: Cli) -> Result<(), ServiceError> {
         crate::amqp::FAULT_BYTE_TRUNCATE_DETAIL.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let shutdown = shutdown_on_signals();
+    crate::metrics::install(cli.command.component());
     match cli.command {
         Command::Sensor => {
             let report = crate::sensor::run(&settings, shutdown).await?;
@@ -101,7 +119,7 @@ async fn run(cli: Cli) -> Result<(), ServiceError> {
         Command::Migrate => {
             let roles = crate::db::Roles::from_env(|k| std::env::var(k).ok())
                 .map_err(|e| ServiceError::Other(e.to_string()))?;
-            crate::db::setup(&settings.database.url, settings.data_writer.fault_ignore_unique, &roles).await?;
+            crate::db::setup(&settings.database.url, crate::db::Idempotency::from_settings(&settings), &roles).await?;
             println!("{}", serde_json::json!({ "event": "migrated" }));
             Ok(())
         }
@@ -119,15 +137,38 @@ enum Component {
 }
 
 async fn consumer(settings: Settings, shutdown: CancellationToken, which: Component) -> Result<(), ServiceError> {
-    let health = Health::default();
+    // The writer's work counts as stalled once a write is overdue; the algorithms' after 10 s.
+    let health = match which {
+        Component::Writer => Health::with_stall_after(Duration::from_millis(settings.data_writer.write_timeout_ms)),
+        _ => Health::default(),
+    };
     if let Some(bind) = settings.health.bind.clone() {
         let port = serve_health(&bind, health.clone(), shutdown.clone()).await?;
         tracing::info!(port, "health endpoint up");
     }
-    match which {
-        Component::A => crate::algorithm_a::run(settings, health, shutdown).await,
-        Component::B => crate::algorithm_b::run(settings, health, shutdown).await,
-        Component::Writer => crate::data_writer::run(settings, health, shutdown).await,
+    // A graceful shutdown finishes in-flight work, but never waits forever for it (a hung
+    // database or broker): after the bound the process exits and the broker redelivers.
+    let bound = (!settings.data_writer.fault_no_deadlines)
+        .then(|| Duration::from_millis(settings.data_writer.shutdown_timeout_ms));
+    let watchdog = shutdown.clone();
+    let run = async move {
+        match which {
+            Component::A => crate::algorithm_a::run(settings, health, shutdown).await,
+            Component::B => crate::algorithm_b::run(settings, health, shutdown).await,
+            Component::Writer => crate::data_writer::run(settings, health, shutdown).await,
+        }
+    };
+    match bound {
+        None => run.await,
+        Some(bound) => {
+            let stop = watchdog.clone();
+            tokio::select! {
+                _ = run => {}
+                _ = async { stop.cancelled().await; tokio::time::sleep(bound).await } => {
+                    tracing::warn!(bound_ms = bound.as_millis() as u64, "shutdown overran its bound; exiting with work unsettled (it will be redelivered)");
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -32,6 +32,18 @@ pub struct Settings {
     pub health: HealthSettings,
     /// Identifies this process in `processed_by` and logs; defaults to `<component>-<pid>`.
     pub instance_id: Option<String>,
+    /// Fault injection shared by every component (all off in production).
+    pub faults: FaultSettings,
+}
+
+/// Switches that bring back known defects, so the harness can prove its chaos scenarios notice
+/// them. Each is off by default and logged loudly when on. Never in production.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultSettings {
+    /// Random output ids per processing attempt (and no per-source backstop index): a
+    /// redelivered input becomes a second Feature A/B and a second row.
+    pub random_output_ids: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,9 +55,18 @@ pub struct AmqpSettings {
     pub namespace: String,
     /// Largest message body a consumer accepts before dead-lettering it.
     pub max_message_bytes: usize,
-    /// Reconnect backoff bounds when the broker goes away.
+    /// Reconnect backoff bounds when the broker goes away (full jitter below the current bound;
+    /// back to the minimum after a healthy session).
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// AMQP heartbeat in seconds: a silent connection is declared dead after two missed beats.
+    pub heartbeat_secs: u16,
+    /// Fault injection: reconnect backoff that never resets after a healthy session and has no
+    /// jitter (every outage waits longer; all components reconnect in the same instant).
+    pub fault_backoff_no_reset: bool,
+    /// Fault injection: no heartbeat requested (the server's 60 s applies): a silent broker link
+    /// goes unnoticed for about two minutes.
+    pub fault_no_heartbeat: bool,
     /// Fault injection: cut `x-dlq-detail` at byte 1000 even inside a multi-byte character
     /// (a panic on hostile UTF-8), so the harness can prove its fuzzer notices. Never in production.
     pub fault_byte_truncate_detail: bool,
@@ -58,7 +79,10 @@ impl Default for AmqpSettings {
             namespace: String::new(),
             max_message_bytes: 4 * 1024 * 1024,
             reconnect_min_ms: 100,
-            reconnect_max_ms: 5_000,
+            reconnect_max_ms: 2_000,
+            heartbeat_secs: 10,
+            fault_backoff_no_reset: false,
+            fault_no_heartbeat: false,
             fault_byte_truncate_detail: false,
         }
     }
@@ -113,6 +137,19 @@ pub struct DataWriterSettings {
     pub fault_retry_rejected: bool,
     /// Fault injection: accept `processed_by` beyond its 128-character bound. Never in production.
     pub fault_unbounded_processed_by: bool,
+    /// Longest one batch's INSERT (and COMMIT) may take before the writer gives up on the
+    /// connection, requeues the batch and reconnects; also the server-side `statement_timeout`.
+    pub write_timeout_ms: u64,
+    /// Longest a database connect may take (a silent network otherwise hangs it forever).
+    pub connect_timeout_ms: u64,
+    /// TCP keepalive idle time on the database connection (dead peers are noticed without traffic).
+    pub keepalive_idle_ms: u64,
+    /// Longest a graceful shutdown waits for the final flush and acks before exiting anyway
+    /// (unacked deliveries are then redelivered, and the UNIQUE key absorbs the copies).
+    pub shutdown_timeout_ms: u64,
+    /// Fault injection: no write/connect timeouts, no keepalive, unbounded shutdown: a silent
+    /// database link hangs the writer forever. Never in production.
+    pub fault_no_deadlines: bool,
 }
 
 impl Default for DataWriterSettings {
@@ -124,6 +161,11 @@ impl Default for DataWriterSettings {
             fault_ignore_unique: false,
             fault_retry_rejected: false,
             fault_unbounded_processed_by: false,
+            write_timeout_ms: 5_000,
+            connect_timeout_ms: 3_000,
+            keepalive_idle_ms: 5_000,
+            shutdown_timeout_ms: 10_000,
+            fault_no_deadlines: false,
         }
     }
 }
@@ -157,6 +199,9 @@ pub struct RestApiSettings {
     /// Upper bound on the JSON of one history page: a page stops before the row that would
     /// exceed it (at least one row is always served) and `next_cursor` continues from there.
     pub max_page_bytes: usize,
+    /// Fault injection: no cache refill from the database after a (re)connect and no database
+    /// fallback on a cache miss: "latest" goes stale after a broker gap. Never in production.
+    pub fault_no_cache_refill: bool,
 }
 
 impl Default for RestApiSettings {
@@ -174,6 +219,7 @@ impl Default for RestApiSettings {
             auth_failure_limit: 30,
             auth_failure_window_ms: 60_000,
             max_page_bytes: 1024 * 1024,
+            fault_no_cache_refill: false,
         }
     }
 }
@@ -282,6 +328,18 @@ impl Settings {
         set!("APQ_WRITER_FAULT_RETRY_REJECTED", self.data_writer.fault_retry_rejected);
         set!("APQ_WRITER_FAULT_UNBOUNDED_PROCESSED_BY", self.data_writer.fault_unbounded_processed_by);
         set!("APQ_FAULT_BYTE_TRUNCATE_DETAIL", self.amqp.fault_byte_truncate_detail);
+        set!("APQ_RECONNECT_MIN_MS", self.amqp.reconnect_min_ms);
+        set!("APQ_RECONNECT_MAX_MS", self.amqp.reconnect_max_ms);
+        set!("APQ_HEARTBEAT_SECS", self.amqp.heartbeat_secs);
+        set!("APQ_FAULT_RANDOM_OUTPUT_IDS", self.faults.random_output_ids);
+        set!("APQ_FAULT_BACKOFF_NO_RESET", self.amqp.fault_backoff_no_reset);
+        set!("APQ_FAULT_NO_HEARTBEAT", self.amqp.fault_no_heartbeat);
+        set!("APQ_WRITER_WRITE_TIMEOUT_MS", self.data_writer.write_timeout_ms);
+        set!("APQ_WRITER_CONNECT_TIMEOUT_MS", self.data_writer.connect_timeout_ms);
+        set!("APQ_WRITER_KEEPALIVE_IDLE_MS", self.data_writer.keepalive_idle_ms);
+        set!("APQ_WRITER_SHUTDOWN_TIMEOUT_MS", self.data_writer.shutdown_timeout_ms);
+        set!("APQ_WRITER_FAULT_NO_DEADLINES", self.data_writer.fault_no_deadlines);
+        set!("APQ_API_FAULT_NO_CACHE_REFILL", self.rest_api.fault_no_cache_refill);
         set_str!("APQ_API_BIND", self.rest_api.bind);
         if let Some(v) = get("APQ_API_TOKENS") {
             self.rest_api.tokens = v.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect();
@@ -333,6 +391,10 @@ impl Settings {
         }
         if self.amqp.reconnect_min_ms == 0 || self.amqp.reconnect_min_ms > self.amqp.reconnect_max_ms {
             return bad("amqp.reconnect_min_ms", "must be between 1 and amqp.reconnect_max_ms");
+        }
+        let dw = &self.data_writer;
+        if dw.write_timeout_ms == 0 || dw.connect_timeout_ms == 0 || dw.keepalive_idle_ms == 0 {
+            return bad("data_writer.write_timeout_ms", "the write, connect and keepalive times must be at least 1 ms");
         }
         Ok(())
     }

@@ -122,18 +122,29 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
              without ON CONFLICT; redelivered messages WILL produce duplicate rows. Never use in production."
         );
     }
+    if settings.data_writer.fault_no_deadlines {
+        tracing::warn!(
+            "FAULT INJECTION ACTIVE: data_writer.fault_no_deadlines: no write/connect timeouts, no keepalive, \
+             unbounded shutdown; a silent database link hangs the writer. Never use in production."
+        );
+    }
     supervise(COMPONENT, &settings.amqp, &health, &shutdown, |conn| {
         let (settings, names, instance, faults) = (&settings, &names, &instance, faults);
         let (health, shutdown, announced) = (&health, &shutdown, &announced);
         async move {
-            let min = Duration::from_millis(settings.amqp.reconnect_min_ms);
-            let max = Duration::from_millis(settings.amqp.reconnect_max_ms);
-            let Some(mut db) = crate::db::connect(&settings.database.url, min, max, shutdown).await else {
+            let deadlines = Deadlines::of(&settings.data_writer);
+            let backoff = crate::amqp::Backoff::for_settings(&settings.amqp);
+            let Some(mut db) = crate::db::connect(&settings.database.url, deadlines.liveness, backoff, shutdown).await
+            else {
                 return Ok(SessionEnd::Shutdown);
             };
-            crate::db::migrate(&mut db).await?;
-            crate::db::set_unique_constraint(&db, !settings.data_writer.fault_ignore_unique).await?;
-            let insert = crate::db::prepare_insert(&db, settings.data_writer.fault_ignore_unique).await?;
+            let insert = deadlines
+                .bound("preparing the database", async {
+                    crate::db::migrate(&mut db).await?;
+                    crate::db::set_idempotency(&db, crate::db::Idempotency::from_settings(settings)).await?;
+                    crate::db::prepare_insert(&db, settings.data_writer.fault_ignore_unique).await
+                })
+                .await?;
 
             // One channel per queue: deliveries on a channel arrive in tag order, so a batch is
             // settled with one multiple-ack per channel.
@@ -175,7 +186,7 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = sleep_until(deadline), if !batch.is_empty() => {
-                        flush(&db, &insert, &mut batch, &mut acks, &sinks).await?;
+                        flush(&db, &insert, &mut batch, &mut acks, &sinks, &deadlines, health).await?;
                     }
                     next = deliveries.next() => {
                         let mut next = Some(next);
@@ -200,7 +211,7 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                             }
                         }
                         if batch.len() >= settings.data_writer.batch_size || flush_every.is_zero() {
-                            flush(&db, &insert, &mut batch, &mut acks, &sinks).await?;
+                            flush(&db, &insert, &mut batch, &mut acks, &sinks, &deadlines, health).await?;
                         }
                     }
                 }
@@ -210,7 +221,7 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
             for (ch, tag) in [(&ch_a, &tag_a), (&ch_b, &tag_b)] {
                 ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await.ok();
             }
-            if let Err(e) = flush(&db, &insert, &mut batch, &mut acks, &sinks).await {
+            if let Err(e) = flush(&db, &insert, &mut batch, &mut acks, &sinks, &deadlines, health).await {
                 tracing::warn!(error = %e, "final flush failed; the batch was requeued");
             }
             if let Err(e) = acks.finish().await {
@@ -231,6 +242,51 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The writer's bounds on database work, so a silent link or a locked table ends the session
+/// (requeue, reconnect) instead of hanging it. All `None` under `fault_no_deadlines`.
+struct Deadlines {
+    /// Connect timeout, keepalive and statement timeout of the connection.
+    liveness: crate::db::Liveness,
+    /// Client-side bound on one database call (the statement timeout cannot fire when the
+    /// server never hears of the statement).
+    write: Option<Duration>,
+}
+
+impl Deadlines {
+    fn of(s: &crate::config::DataWriterSettings) -> Self {
+        if s.fault_no_deadlines {
+            return Deadlines { liveness: crate::db::Liveness::default(), write: None };
+        }
+        let ms = Duration::from_millis;
+        Deadlines {
+            liveness: crate::db::Liveness {
+                connect_timeout: Some(ms(s.connect_timeout_ms)),
+                keepalive_idle: Some(ms(s.keepalive_idle_ms)),
+                statement_timeout: Some(ms(s.write_timeout_ms)),
+            },
+            // A little above the server's own timeout, so a live server answers first with its
+            // reason (57014) and only a silent one hits this.
+            write: Some(ms(s.write_timeout_ms) + ms(500)),
+        }
+    }
+
+    async fn bound<T>(
+        &self,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T, crate::db::DbError>>,
+    ) -> Result<T, crate::db::DbError> {
+        match self.write {
+            None => work.await,
+            Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+                Err(crate::db::DbError::Schema(format!(
+                    "{what} took longer than {} ms; the connection is abandoned",
+                    limit.as_millis()
+                )))
+            }),
+        }
     }
 }
 
@@ -256,13 +312,19 @@ async fn flush(
     batch: &mut Batch,
     acks: &mut Acks,
     sinks: &Sinks,
+    deadlines: &Deadlines,
+    health: &Health,
 ) -> Result<(), ServiceError> {
     if batch.is_empty() {
         return Ok(());
     }
     let taken = std::mem::take(batch);
     let started = Instant::now();
-    match crate::db::insert_prepared(db, insert, &taken.rows).await {
+    health.work_started();
+    let written = deadlines.bound("writing a batch", crate::db::insert_prepared(db, insert, &taken.rows)).await;
+    health.work_done();
+    crate::metrics::flush(taken.len(), started.elapsed(), written.is_ok());
+    match written {
         Ok(inserted) => {
             let took_ms = started.elapsed().as_millis() as u64;
             if took_ms >= SLOW_COMMIT_MS {
@@ -277,7 +339,7 @@ async fn flush(
         }
         Err(e) if e.is_refusal() && !sinks.retry_rejected => {
             tracing::warn!(error = %e, batch = taken.len(), "the database refused a batch; writing its rows one by one");
-            isolate(db, insert, taken, acks, sinks).await
+            isolate(db, insert, taken, acks, sinks, deadlines).await
         }
         Err(e) => {
             // Behind the acks of earlier batches; the session then restarts, and whatever is
@@ -298,10 +360,11 @@ async fn isolate(
     taken: Batch,
     acks: &mut Acks,
     sinks: &Sinks,
+    deadlines: &Deadlines,
 ) -> Result<(), ServiceError> {
     let mut pending = taken.rows.into_iter().zip(taken.deliveries);
     while let Some((row, (feature_type, delivery))) = pending.next() {
-        match crate::db::insert_prepared(db, insert, std::slice::from_ref(&row)).await {
+        match deadlines.bound("writing one row", crate::db::insert_prepared(db, insert, std::slice::from_ref(&row))).await {
             Ok(_) => acks.send(Settle::AckOne(delivery.acker.clone())),
             Err(e) if e.is_refusal() => {
                 let (ch, route) = if feature_type == FeatureType::A { &sinks.a } else { &sinks.b };

@@ -56,22 +56,34 @@ impl From<DbError> for ServiceError {
     }
 }
 
-/// Connects, retrying with exponential backoff until it works or `shutdown` fires (None). The
-/// connection task is spawned; when it ends (server restart), the client's calls start failing.
-pub async fn connect(url: &str, min: Duration, max: Duration, shutdown: &CancellationToken) -> Option<Client> {
-    let mut backoff = Backoff::new(min, max);
+/// What keeps a database connection from hanging on a silent network: a connect timeout, TCP
+/// keepalive (a dead peer is noticed without traffic) and a server-side statement timeout.
+/// `None` everywhere is the `fault_no_deadlines` defect.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Liveness {
+    /// Bound on TCP connect + startup.
+    pub connect_timeout: Option<Duration>,
+    /// TCP keepalive idle time (probes every second after it, three unanswered = dead).
+    pub keepalive_idle: Option<Duration>,
+    /// `SET statement_timeout` for the session.
+    pub statement_timeout: Option<Duration>,
+}
+
+/// Connects, retrying with jittered exponential backoff until it works or `shutdown` fires
+/// (None). The connection task is spawned; when it ends (server restart), the client's calls
+/// start failing.
+pub async fn connect(
+    url: &str,
+    liveness: Liveness,
+    mut backoff: Backoff,
+    shutdown: &CancellationToken,
+) -> Option<Client> {
     loop {
-        match tokio_postgres::connect(url, NoTls).await {
-            Ok((client, connection)) => {
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::warn!(error = %e, "database connection closed");
-                    }
-                });
-                return Some(client);
-            }
+        match connect_once(url, liveness).await {
+            Ok(client) => return Some(client),
             Err(e) => {
                 let delay = backoff.next_delay();
+                crate::metrics::reconnect("database", "database_unreachable");
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database unreachable");
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
@@ -80,6 +92,41 @@ pub async fn connect(url: &str, min: Duration, max: Duration, shutdown: &Cancell
             }
         }
     }
+}
+
+async fn connect_once(url: &str, liveness: Liveness) -> Result<Client, DbError> {
+    let mut cfg: tokio_postgres::Config =
+        url.parse().map_err(|e| DbError::Schema(format!("bad database url: {e}")))?;
+    if let Some(t) = liveness.connect_timeout {
+        cfg.connect_timeout(t);
+    }
+    if let Some(idle) = liveness.keepalive_idle {
+        cfg.keepalives(true).keepalives_idle(idle).keepalives_interval(Duration::from_secs(1)).keepalives_retries(3);
+    }
+    let connecting = cfg.connect(NoTls);
+    // connect_timeout bounds the TCP connect only; the startup exchange needs its own bound.
+    let (client, connection) = match liveness.connect_timeout {
+        Some(t) => tokio::time::timeout(t, connecting)
+            .await
+            .map_err(|_| DbError::Schema(format!("connect timed out after {} ms", t.as_millis())))??,
+        None => connecting.await?,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "database connection closed");
+        }
+    });
+    if let Some(t) = liveness.statement_timeout {
+        let sql = format!("SET statement_timeout = {}", t.as_millis());
+        let set = client.batch_execute(&sql);
+        match liveness.connect_timeout {
+            Some(bound) => tokio::time::timeout(bound, set)
+                .await
+                .map_err(|_| DbError::Schema("SET statement_timeout timed out".into()))??,
+            None => set.await?,
+        }
+    }
+    Ok(client)
 }
 
 /// The API's connection pool. Nothing connects until the first checkout, so this works while the
@@ -164,14 +211,14 @@ impl Roles {
 
 /// `pipeline migrate`: the schema (as its owner), the idempotency constraint as configured, and
 /// the least-privilege roles with their grants. Idempotent.
-pub async fn setup(url: &str, fault_ignore_unique: bool, roles: &Roles) -> Result<(), DbError> {
+pub async fn setup(url: &str, idempotency: Idempotency, roles: &Roles) -> Result<(), DbError> {
     let (mut client, conn) = tokio_postgres::connect(url, NoTls).await?;
     let task = tokio::spawn(conn);
     // Several set-ups may run at once (one init container per writer replica): one at a time,
     // for the roles too (CREATE ROLE and GRANT race otherwise). Released when the session ends.
     client.execute("SELECT pg_advisory_lock($1)", &[&(MIGRATION_LOCK_KEY + 1)]).await?;
     migrate(&mut client).await?;
-    set_unique_constraint(&client, !fault_ignore_unique).await?;
+    set_idempotency(&client, idempotency).await?;
     // The writer needs INSERT, the id sequence, the conflict target column, and to read the
     // migration bookkeeping; the reader needs SELECT on the table. Nothing else: no
     // UPDATE, DELETE, TRUNCATE or DDL.
@@ -222,17 +269,38 @@ pub async fn setup(url: &str, fault_ignore_unique: bool, roles: &Roles) -> Resul
     Ok(())
 }
 
-/// Makes the idempotency constraint present (`want = true`) or absent (the fault hook). Restoring
-/// it fails with a clear error if an earlier faulty run left duplicate rows behind.
-pub async fn set_unique_constraint(client: &Client, want: bool) -> Result<(), DbError> {
-    let exists = client
+/// Which idempotency keys the table must have: both in production; the fault hooks drop them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotency {
+    /// `UNIQUE(message_id)` (off under `data_writer.fault_ignore_unique`).
+    pub message_id: bool,
+    /// The per-source backstop `UNIQUE(source_message_id, feature_type)` (off under either
+    /// `fault_ignore_unique` or `faults.random_output_ids`).
+    pub source_backstop: bool,
+}
+
+impl Idempotency {
+    pub const FULL: Idempotency = Idempotency { message_id: true, source_backstop: true };
+    pub const NONE: Idempotency = Idempotency { message_id: false, source_backstop: false };
+    pub fn from_settings(s: &crate::config::Settings) -> Self {
+        let unique = !s.data_writer.fault_ignore_unique;
+        Idempotency { message_id: unique, source_backstop: unique && !s.faults.random_output_ids }
+    }
+}
+
+/// Makes the idempotency keys present or absent as `want` says (the fault hooks drop them).
+/// Restoring one fails with a clear error if an earlier faulty run left duplicate rows behind.
+pub async fn set_idempotency(client: &Client, want: Idempotency) -> Result<(), DbError> {
+    let has_constraint = client
         .query_opt(
             "SELECT 1 FROM pg_constraint WHERE conname = $1 AND conrelid = 'features'::regclass",
             &[&UNIQUE_CONSTRAINT],
         )
         .await?
         .is_some();
-    match (want, exists) {
+    let has_index: bool =
+        client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&contract::sql::SOURCE_TYPE_INDEX]).await?.get(0);
+    match (want.message_id, has_constraint) {
         (false, true) => {
             client.batch_execute("ALTER TABLE features DROP CONSTRAINT IF EXISTS features_message_id_key").await?;
         }
@@ -244,18 +312,28 @@ pub async fn set_unique_constraint(client: &Client, want: bool) -> Result<(), Db
         }
         _ => {}
     }
+    match (want.source_backstop, has_index) {
+        (false, true) => client.batch_execute("DROP INDEX IF EXISTS features_source_type_key").await?,
+        (true, false) => client
+            .batch_execute("CREATE UNIQUE INDEX features_source_type_key ON features (source_message_id, feature_type)")
+            .await
+            .map_err(|e| DbError::Schema(format!("cannot restore UNIQUE(source_message_id, feature_type): {e}")))?,
+        _ => {}
+    }
     Ok(())
 }
 
+/// Untargeted `ON CONFLICT DO NOTHING`: a copy of a stored message (same `message_id`) and a
+/// second row for a stored source chunk and type (the backstop) are both skipped.
 const INSERT_IDEMPOTENT: &str = "INSERT INTO features
-    (message_id, feature_type, sensor_id, source_message_id, sequence, captured_at, processed_by, features)
-    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int8[], $6::timestamptz[], $7::text[], $8::jsonb[])
-    ON CONFLICT (message_id) DO NOTHING";
+    (message_id, feature_type, sensor_id, source_message_id, sequence, captured_at, processed_by, features, message)
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int8[], $6::timestamptz[], $7::text[], $8::jsonb[], $9::jsonb[])
+    ON CONFLICT DO NOTHING";
 
 /// The fault hook's variant: no conflict handling, so redeliveries become extra rows.
 const INSERT_IGNORING_UNIQUE: &str = "INSERT INTO features
-    (message_id, feature_type, sensor_id, source_message_id, sequence, captured_at, processed_by, features)
-    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int8[], $6::timestamptz[], $7::text[], $8::jsonb[])";
+    (message_id, feature_type, sensor_id, source_message_id, sequence, captured_at, processed_by, features, message)
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int8[], $6::timestamptz[], $7::text[], $8::jsonb[], $9::jsonb[])";
 
 /// The INSERT a writer runs, for [`prepare_insert`].
 pub fn insert_sql(ignore_unique: bool) -> &'static str {
@@ -301,6 +379,7 @@ pub async fn insert_prepared<C: GenericClient>(
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut seqs, mut captured, mut by, mut features) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut messages = Vec::with_capacity(n);
     for f in rows {
         ids.push(f.message_id());
         types.push(f.feature_type().as_str());
@@ -310,8 +389,11 @@ pub async fn insert_prepared<C: GenericClient>(
         captured.push(f.captured_at());
         by.push(f.processed_by());
         features.push(f.features_json());
+        messages.push(f.to_json());
     }
-    Ok(client.execute(statement, &[&ids, &types, &sensors, &sources, &seqs, &captured, &by, &features]).await?)
+    Ok(client
+        .execute(statement, &[&ids, &types, &sensors, &sources, &seqs, &captured, &by, &features, &messages])
+        .await?)
 }
 
 /// `sequence` is a u64 on the wire and a BIGINT in the table.
@@ -447,6 +529,31 @@ pub async fn latest<C: GenericClient>(
     feature_type: FeatureType,
 ) -> Result<Option<FeatureRow>, DbError> {
     Ok(client.query_opt(LATEST_SQL, &[&sensor_id, &feature_type.as_str()]).await?.as_ref().map(FeatureRow::from_row))
+}
+
+/// The newest stored message (as published) per (sensor, type) for "latest" from the database:
+/// the same order as the cache. Rows without a stored message (before migration 0002, or
+/// written by tools that fill only the columns) are skipped.
+const LATEST_MESSAGE_SQL: &str = "SELECT message FROM features
+     WHERE sensor_id = $1 AND feature_type = $2::bpchar AND message IS NOT NULL
+     ORDER BY captured_at DESC, sequence DESC, message_id DESC LIMIT 1";
+
+const LATEST_MESSAGES_SQL: &str = "SELECT DISTINCT ON (sensor_id, feature_type) message FROM features
+     WHERE message IS NOT NULL
+     ORDER BY sensor_id, feature_type, captured_at DESC, sequence DESC, message_id DESC";
+
+/// The newest stored message of one sensor and type (the API's fallback on a cache miss).
+pub async fn latest_message<C: GenericClient>(
+    client: &C,
+    sensor_id: &str,
+    feature_type: FeatureType,
+) -> Result<Option<Value>, DbError> {
+    Ok(client.query_opt(LATEST_MESSAGE_SQL, &[&sensor_id, &feature_type.as_str()]).await?.map(|r| r.get(0)))
+}
+
+/// The newest stored message of every sensor and type (the API's cache refill).
+pub async fn latest_messages<C: GenericClient>(client: &C) -> Result<Vec<Value>, DbError> {
+    Ok(client.query(LATEST_MESSAGES_SQL, &[]).await?.iter().map(|r| r.get(0)).collect())
 }
 
 /// Rows stored for a message id (more than 1 only under the fault hook).

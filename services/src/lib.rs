@@ -8,7 +8,8 @@
 //! - [`dsp`]: PCM decoding, feature extraction (rustfft) and signal generators.
 //! - [`sensor`], [`algorithm_a`], [`algorithm_b`], [`data_writer`], [`rest_api`]: the components.
 //! - [`db`]: schema migrations and the SQL the data writer and the API share.
-//! - [`runtime`]: shutdown signals, readiness announcements and the health endpoint.
+//! - [`runtime`]: shutdown signals, readiness announcements, the health endpoint and the
+//!   reconnect supervisor; [`metrics`]: the Prometheus metrics every component exposes.
 //! - [`cli`]: the `pipeline` binary's subcommands (one OS process per component instance).
 
 pub mod algorithm_a;
@@ -21,6 +22,7 @@ pub use ::contract::messages as contract;
 pub mod data_writer;
 pub mod db;
 pub mod dsp;
+pub mod metrics;
 pub mod rest_api;
 pub mod runtime;
 pub mod sensor;

@@ -2,10 +2,11 @@
 //! harness waits for, the optional health endpoint, and the reconnect supervisor.
 
 use crate::amqp::{AmqpError, Backoff};
+
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,19 +45,81 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
-/// Liveness/readiness shared between a component and its health endpoint.
-#[derive(Debug, Clone, Default)]
+/// Liveness/readiness shared between a component and its health endpoint. Ready means connected
+/// and consuming *and* making progress: a component holding work it has not settled for longer
+/// than `stall_after` (a hung database write, a stuck handler) reports not ready.
+#[derive(Debug, Clone)]
 pub struct Health {
     /// True while the component is connected and consuming (or serving).
     ready: Arc<AtomicBool>,
+    /// Work taken but not yet settled (deliveries in flight, a batch being written).
+    busy: Arc<AtomicUsize>,
+    /// When work was last settled (or taken while idle), in ms since `epoch`.
+    last_progress_ms: Arc<AtomicU64>,
+    /// The clock `last_progress_ms` counts from.
+    epoch: Instant,
+    /// Unsettled work older than this makes the component not ready.
+    stall_after: Duration,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            ready: Arc::default(),
+            busy: Arc::default(),
+            last_progress_ms: Arc::default(),
+            epoch: Instant::now(),
+            stall_after: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Health {
+    /// A health whose work counts as stalled after `stall_after` without progress.
+    pub fn with_stall_after(stall_after: Duration) -> Self {
+        Self { stall_after, ..Self::default() }
+    }
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
+    /// Connected, consuming and not stalled.
     pub fn is_ready(&self) -> bool {
+        self.is_connected() && self.stalled_for().is_none()
+    }
+    /// Connected and consuming, whether or not work progresses (the supervisor's "healthy session").
+    pub fn is_connected(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+    /// How long unsettled work has waited beyond `stall_after`, if it has.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        if self.busy.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let idle = self.now_ms().saturating_sub(self.last_progress_ms.load(Ordering::SeqCst));
+        let idle = Duration::from_millis(idle);
+        (idle > self.stall_after).then_some(idle)
+    }
+    /// Work taken: from idle, the stall clock starts now.
+    pub fn work_started(&self) {
+        if self.busy.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.progress();
+        }
+    }
+    /// Work settled (acked, dead-lettered or given back).
+    pub fn work_done(&self) {
+        let _ = self.busy.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1));
+        self.progress();
+    }
+    /// All work dropped (a session ended; the broker redelivers what was unsettled).
+    pub fn work_reset(&self) {
+        self.busy.store(0, Ordering::SeqCst);
+        self.progress();
+    }
+    fn progress(&self) {
+        self.last_progress_ms.store(self.now_ms(), Ordering::SeqCst);
+    }
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 }
 
@@ -64,6 +127,7 @@ impl Health {
 /// stderr, so stdout carries only these announcements.
 pub fn announce_ready(component: &str, instance: &str, http_port: Option<u16>) {
     use std::io::Write;
+    let http_port = http_port.or_else(|| HEALTH_PORT.get().copied());
     let line = serde_json::json!({
         "event": "ready", "component": component, "instance": instance, "http_port": http_port,
     });
@@ -72,12 +136,26 @@ pub fn announce_ready(component: &str, instance: &str, http_port: Option<u16>) {
     let _ = out.flush();
 }
 
-/// Serves `/healthz` (always 200 while the process lives) and `/readyz` (200 only while ready).
+/// The health endpoint's port, once it is bound: the ready line carries it as `http_port`, so a
+/// supervisor started with `APQ_HEALTH_BIND=127.0.0.1:0` can find `/metrics`.
+static HEALTH_PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+
+/// Serves `/healthz` (always 200 while the process lives), `/readyz` (200 only while ready) and
+/// `/metrics` (Prometheus).
 pub async fn serve_health(bind: &str, health: Health, shutdown: CancellationToken) -> std::io::Result<u16> {
     use axum::{Router, http::StatusCode, routing::get};
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let port = listener.local_addr()?.port();
-    let app = Router::new().route("/healthz", get(|| async { (StatusCode::OK, "ok") })).route(
+    let _ = HEALTH_PORT.set(port);
+    let app = Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
+        .route(
+            "/metrics",
+            get(|| async {
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render())
+            }),
+        )
+        .route(
         "/readyz",
         get(move || {
             let h = health.clone();
@@ -111,17 +189,22 @@ pub async fn supervise<F, Fut>(
     F: FnMut(lapin::Connection) -> Fut,
     Fut: Future<Output = Result<SessionEnd, ServiceError>>,
 {
-    let min = Duration::from_millis(amqp.reconnect_min_ms);
-    let max = Duration::from_millis(amqp.reconnect_max_ms);
-    let mut backoff = Backoff::new(min, max);
+    let mut backoff = Backoff::for_settings(amqp);
     loop {
-        let Some(conn) = crate::amqp::connect(&amqp.url, component, min, max, shutdown).await else {
+        let Some(conn) = crate::amqp::connect(amqp, component, shutdown).await else {
             return;
         };
         match session(conn).await {
             Ok(SessionEnd::Shutdown) => return,
             Err(e) => {
+                // A session that got as far as consuming was healthy: the next outage starts
+                // from the shortest delay again (else every later fault waits longer).
+                if health.is_connected() && !amqp.fault_backoff_no_reset {
+                    backoff.reset();
+                }
                 health.set_ready(false);
+                health.work_reset();
+                crate::metrics::reconnect(component, "session");
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "session failed; reconnecting");
                 tokio::select! {
@@ -137,11 +220,14 @@ pub async fn supervise<F, Fut>(
 /// prefetch bounds how many), fails the session on a handler or channel error (the supervisor
 /// reconnects; unacked deliveries are redelivered), and on shutdown stops consuming, finishes
 /// what it holds and closes, so nothing half-done is acked.
+#[allow(clippy::too_many_arguments)] // the session's parts, each borrowed from the caller's scope
 pub async fn consume_until_shutdown<H, Fut>(
     conn: &lapin::Connection,
     ch: &lapin::Channel,
     mut consumer: lapin::Consumer,
     consumer_tag: &str,
+    stage: &'static str,
+    health: &Health,
     shutdown: &CancellationToken,
     mut handle: H,
 ) -> Result<SessionEnd, ServiceError>
@@ -155,19 +241,26 @@ where
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                health.work_done();
                 done.map_err(|e| ServiceError::Other(e.to_string()))??;
+                crate::metrics::processed(stage, 1);
             }
             next = consumer.next() => {
                 let delivery = match next {
                     Some(d) => d?,
                     None => return Err(ServiceError::Other("consumer stream ended".into())),
                 };
+                if delivery.redelivered {
+                    crate::metrics::redelivered(stage);
+                }
+                health.work_started();
                 inflight.spawn(handle(delivery));
             }
         }
     }
     ch.basic_cancel(consumer_tag.into(), lapin::options::BasicCancelOptions::default()).await.ok();
     while let Some(done) = inflight.join_next().await {
+        health.work_done();
         if let Ok(Err(e)) = done {
             tracing::warn!(error = %e, "in-flight message failed during shutdown; it will be redelivered");
         }

@@ -92,14 +92,12 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> Result<Sen
     let s = &settings.sensor;
     let source = Source::from_settings(s)?;
     let names = Names::new(&settings.amqp.namespace);
-    let min = Duration::from_millis(settings.amqp.reconnect_min_ms);
-    let max = Duration::from_millis(settings.amqp.reconnect_max_ms);
     let started = Instant::now();
     let mut report = SensorReport::default();
     // Microsecond precision: what PostgreSQL stores, so captured_at round-trips exactly.
     let t0 = chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now is representable");
     let period = (s.rate_per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / s.rate_per_sec));
-    let mut backoff = Backoff::new(min, max);
+    let mut backoff = Backoff::for_settings(&settings.amqp);
     let mut channel = None;
     let mut announced = false;
     let mut seq = 0u64;
@@ -123,7 +121,7 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken) -> Result<Sen
         // Retry this chunk until confirmed (or shutdown).
         loop {
             if channel.is_none() {
-                let Some(conn) = crate::amqp::connect(&settings.amqp.url, COMPONENT, min, max, &shutdown).await else {
+                let Some(conn) = crate::amqp::connect(&settings.amqp, COMPONENT, &shutdown).await else {
                     return Ok(finish(report, started));
                 };
                 let ch = confirm_channel(&conn).await?;

@@ -30,11 +30,11 @@ async fn concurrent_migrations_apply_once() {
     let (ra, rb) = tokio::join!(db::migrate(&mut a), db::migrate(&mut b));
     let mut applied = [ra.unwrap(), rb.unwrap()].concat();
     applied.sort();
-    assert_eq!(applied, vec![1], "exactly one of the two applied version 1");
+    assert_eq!(applied, vec![1, 2], "exactly one of the two applied each version");
     assert!(db::migrate(&mut a).await.unwrap().is_empty());
     let versions: Vec<i32> =
         a.query("SELECT version FROM schema_migrations", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2]);
     let idx: i64 = a
         .query_one("SELECT count(*) FROM pg_indexes WHERE indexname = 'features_history_idx'", &[])
         .await
@@ -82,15 +82,53 @@ async fn fault_hook_drops_the_constraint_and_restoring_reports_duplicates() {
     let scratch = Scratch::new().await;
     let c = migrated(&scratch).await;
     let a = AnyFeature::A(feature_a("s-1", 1, t("2024-01-01T00:00:00Z")));
-    db::set_unique_constraint(&c, false).await.unwrap();
+    db::set_idempotency(&c, db::Idempotency::NONE).await.unwrap();
     assert_eq!(db::insert_batch(&c, std::slice::from_ref(&a), true).await.unwrap(), 1);
     assert_eq!(db::insert_batch(&c, std::slice::from_ref(&a), true).await.unwrap(), 1);
     assert_eq!(db::count_by_id(&c, a.message_id()).await.unwrap(), 2);
-    let err = db::set_unique_constraint(&c, true).await.unwrap_err();
+    let err = db::set_idempotency(&c, db::Idempotency::FULL).await.unwrap_err();
     assert!(err.to_string().contains("UNIQUE"), "{err}");
     c.execute("DELETE FROM features WHERE id = (SELECT max(id) FROM features)", &[]).await.unwrap();
-    db::set_unique_constraint(&c, true).await.unwrap();
+    db::set_idempotency(&c, db::Idempotency::FULL).await.unwrap();
     assert_eq!(db::insert_batch(&c, &[a], false).await.unwrap(), 0);
+    drop(c);
+    scratch.cleanup().await;
+}
+
+#[tokio::test]
+async fn one_row_per_source_chunk_and_type_even_with_a_new_message_id() {
+    let scratch = Scratch::new().await;
+    let c = migrated(&scratch).await;
+    let first = feature_a("s-1", 1, t("2024-01-01T00:00:00Z"));
+    // A second attempt at the same chunk by an implementation with random output ids.
+    let again = services::contract::FeatureA { message_id: Uuid::new_v4(), ..first.clone() };
+    assert_eq!(db::insert_batch(&c, &[AnyFeature::A(first.clone())], false).await.unwrap(), 1);
+    assert_eq!(db::insert_batch(&c, &[AnyFeature::A(again.clone())], false).await.unwrap(), 0, "the backstop");
+    assert_eq!(count(&c).await, 1);
+    // Without the backstop (the random-ids fault) the copy becomes a second row.
+    db::set_idempotency(&c, db::Idempotency { message_id: true, source_backstop: false }).await.unwrap();
+    assert_eq!(db::insert_batch(&c, &[AnyFeature::A(again)], false).await.unwrap(), 1);
+    let err = db::set_idempotency(&c, db::Idempotency::FULL).await.unwrap_err();
+    assert!(err.to_string().contains("source_message_id"), "{err}");
+    drop(c);
+    scratch.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_newest_stored_message_per_sensor_and_type_is_served_from_the_database() {
+    let scratch = Scratch::new().await;
+    let c = migrated(&scratch).await;
+    let old = feature_a("s-1", 1, t("2024-01-01T00:00:00Z"));
+    let new = feature_a("s-1", 2, t("2024-01-01T00:00:01Z"));
+    let other = feature_b("s-2", 7, t("2024-01-01T00:00:00Z"));
+    let rows = [AnyFeature::A(new.clone()), AnyFeature::A(old), AnyFeature::B(other.clone())];
+    db::insert_batch(&c, &rows, false).await.unwrap();
+    let latest = db::latest_message(&c, "s-1", FeatureType::A).await.unwrap().unwrap();
+    assert_eq!(latest, serde_json::to_value(&new).unwrap(), "the whole message, as published");
+    assert!(db::latest_message(&c, "s-1", FeatureType::B).await.unwrap().is_none());
+    let mut all = db::latest_messages(&c).await.unwrap();
+    all.sort_by_key(|m| m["sensor_id"].as_str().unwrap().to_string());
+    assert_eq!(all, vec![serde_json::to_value(&new).unwrap(), serde_json::to_value(&other).unwrap()]);
     drop(c);
     scratch.cleanup().await;
 }

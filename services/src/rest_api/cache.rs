@@ -1,6 +1,9 @@
 //! The "latest feature" cache: this API instance's own exclusive, auto-delete, server-named queues
 //! on both feature fanouts feed an in-memory map of the newest message per (sensor, type). The
 //! consumer reconnects on its own (supervise); the API keeps serving what it has meanwhile.
+//! Messages published while it had no queues (a broker gap, a restart) never reach it, so every
+//! (re)connect refills the map from the database once the queues exist (and once more after the
+//! writer's lag), and a miss falls back to the database (see the handler).
 
 use crate::amqp::{DeadLetters, copy_to_dead_letter};
 use crate::config::Settings;
@@ -30,10 +33,18 @@ struct Latest {
 }
 
 /// Newest message per sensor, one slot per feature type (index 0 = A, 1 = B).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LatestCache {
     /// Keyed by sensor id so lookups need no allocation.
     entries: RwLock<HashMap<String, [Option<Latest>; 2]>>,
+    /// When a message or a refill last updated the map (the `cache_age` metric).
+    updated: RwLock<std::time::Instant>,
+}
+
+impl Default for LatestCache {
+    fn default() -> Self {
+        Self { entries: RwLock::default(), updated: RwLock::new(std::time::Instant::now()) }
+    }
 }
 
 fn slot(t: FeatureType) -> usize {
@@ -54,7 +65,31 @@ impl LatestCache {
             return false;
         }
         *current = Some(Latest { recency, body });
+        drop(entries);
+        *self.updated.write().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
         true
+    }
+
+    /// Offers a message stored by the writer (its decoded JSON, `message` column); false if it
+    /// is not a valid feature or not newer than the cached one.
+    pub fn offer_stored(&self, message: &serde_json::Value) -> bool {
+        let feature = match message.get("feature_type").and_then(|t| t.as_str()) {
+            Some("A") => serde_json::from_value::<FeatureA>(message.clone()).map(AnyFeature::A),
+            Some("B") => serde_json::from_value::<FeatureB>(message.clone()).map(AnyFeature::B),
+            _ => return false,
+        };
+        match feature {
+            Ok(f) => self.offer(&f, Bytes::from(serde_json::to_vec(message).expect("a Value serialises"))),
+            Err(e) => {
+                tracing::warn!(error = %e, "a stored message does not decode; not cached");
+                false
+            }
+        }
+    }
+
+    /// Seconds since the map last changed.
+    pub fn age_secs(&self) -> f64 {
+        self.updated.read().unwrap_or_else(|p| p.into_inner()).elapsed().as_secs_f64()
     }
 
     /// The newest body cached for (sensor, type).
@@ -83,6 +118,7 @@ pub async fn run(
     settings: Settings,
     instance: String,
     cache: Arc<LatestCache>,
+    refill_from: Option<deadpool_postgres::Pool>,
     health: Health,
     shutdown: CancellationToken,
 ) {
@@ -91,6 +127,7 @@ pub async fn run(
     supervise(&component, &settings.amqp, &health, &shutdown, |conn| {
         let (settings, names, instance, cache, health, shutdown) =
             (&settings, &names, &instance, &cache, &health, &shutdown);
+        let refill_from = refill_from.clone();
         async move {
             let ch = crate::amqp::confirm_channel(&conn).await?;
             topology::dead_letter_queue(&ch, names, &names.rest_api_dlq()).await?;
@@ -115,33 +152,95 @@ pub async fn run(
             let mut deliveries = futures::stream::select_all(streams);
             health.set_ready(true);
             tracing::info!(instance, "cache consumers running");
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    next = deliveries.next() => {
-                        let (feature_type, queue, delivery) = match next {
-                            Some((t, q, d)) => (t, q, d?),
-                            None => return Err(ServiceError::Other("cache consumer stream ended".into())),
-                        };
-                        match decode(feature_type, &delivery, settings.amqp.max_message_bytes) {
-                            Ok(feature) => {
-                                cache.offer(&feature, Bytes::copy_from_slice(&delivery.data));
-                            }
-                            Err(rejection) => {
-                                copy_to_dead_letter(&ch, &delivery, &DeadLetters::new(names, &names.rest_api_dlq(), &queue, instance), &rejection).await?;
-                            }
-                        }
-                    }
-                }
+            // The queues exist from here on, so the database plus what arrives from now covers
+            // everything: nothing published during the gap is missed.
+            if let Some(pool) = refill_from {
+                let session_end = shutdown.child_token();
+                tokio::spawn(refill(pool, cache.clone(), session_end.clone()));
+                // Stops the refill if the session ends first.
+                let _guard = session_end.drop_guard();
+                return consume(&conn, &ch, &mut deliveries, settings, names, instance, cache, health, shutdown).await;
             }
-            health.set_ready(false);
-            ch.close(200, "shutdown".into()).await.ok();
-            conn.close(200, "shutdown".into()).await.ok();
-            Ok(SessionEnd::Shutdown)
+            consume(&conn, &ch, &mut deliveries, settings, names, instance, cache, health, shutdown).await
         }
     })
     .await;
     health.set_ready(false);
+}
+
+/// Rows the writer may still be committing when a refill runs: the refill is repeated once after
+/// this long, so a message published during the gap and stored a moment later is not missed.
+const REFILL_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Bound on one refill query.
+const REFILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Loads the newest stored message of every (sensor, type) into the cache, now and once more
+/// after [`REFILL_SETTLE`]. Failures are logged (the fallback on a miss still answers).
+async fn refill(pool: deadpool_postgres::Pool, cache: Arc<LatestCache>, stop: CancellationToken) {
+    for attempt in 0..2 {
+        if attempt > 0 {
+            tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(REFILL_SETTLE) => {} }
+        }
+        let load = async {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            crate::db::latest_messages(&**client).await.map_err(|e| e.to_string())
+        };
+        let rows = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = tokio::time::timeout(REFILL_TIMEOUT, load) => r.unwrap_or_else(|_| Err("timed out".into())),
+        };
+        match rows {
+            Ok(rows) => {
+                let kept = rows.iter().filter(|m| cache.offer_stored(m)).count();
+                crate::metrics::cache_refilled(rows.len());
+                tracing::info!(rows = rows.len(), kept, "cache refilled from the database");
+            }
+            Err(e) => tracing::warn!(error = %e, "cache refill from the database failed"),
+        }
+    }
+}
+
+/// The cache session's receive loop, until shutdown or a broker error.
+#[allow(clippy::too_many_arguments)]
+async fn consume<S>(
+    conn: &lapin::Connection,
+    ch: &lapin::Channel,
+    deliveries: &mut S,
+    settings: &Settings,
+    names: &Names,
+    instance: &str,
+    cache: &LatestCache,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd, ServiceError>
+where
+    S: futures::Stream<Item = (FeatureType, String, Result<lapin::message::Delivery, lapin::Error>)> + Unpin,
+{
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = deliveries.next() => {
+                let (feature_type, queue, delivery) = match next {
+                    Some((t, q, d)) => (t, q, d?),
+                    None => return Err(ServiceError::Other("cache consumer stream ended".into())),
+                };
+                match decode(feature_type, &delivery, settings.amqp.max_message_bytes) {
+                    Ok(feature) => {
+                        cache.offer(&feature, Bytes::copy_from_slice(&delivery.data));
+                    }
+                    Err(rejection) => {
+                        let route = DeadLetters::new(names, &names.rest_api_dlq(), &queue, instance);
+                        copy_to_dead_letter(ch, &delivery, &route, &rejection).await?;
+                    }
+                }
+            }
+        }
+    }
+    health.set_ready(false);
+    ch.close(200, "shutdown".into()).await.ok();
+    conn.close(200, "shutdown".into()).await.ok();
+    Ok(SessionEnd::Shutdown)
 }
 
 #[cfg(test)]

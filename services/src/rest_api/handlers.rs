@@ -59,6 +59,13 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<serde_jso
     Ok(Json(json!({ "status": "ready" })))
 }
 
+/// Prometheus text exposition of this instance's metrics (see `crate::metrics`).
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    crate::metrics::cache_age(state.cache.age_secs());
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], crate::metrics::render())
+        .into_response()
+}
+
 pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], OPENAPI).into_response()
 }
@@ -71,12 +78,30 @@ pub async fn latest(
 ) -> Result<Response, ApiError> {
     let sensor_id = path_param(sensor_id, "sensor_id")?;
     let feature_type = query::latest_params(&sensor_id, &pairs(q)?)?;
-    let body = state.cache.get(&sensor_id, feature_type).ok_or_else(|| {
+    if let Some(body) = state.cache.get(&sensor_id, feature_type) {
+        return Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response());
+    }
+    let not_seen = || {
         ApiError::not_found(format!(
             "no Feature {} message has been seen for sensor {sensor_id} since this API instance started",
             feature_type.as_str()
         ))
-    })?;
+    };
+    if state.no_cache_refill {
+        return Err(not_seen());
+    }
+    // A miss may only mean the cache never saw it (a restart, a broker gap): the database has
+    // the answer, and the cache keeps it for the next request.
+    let sensor = sensor_id.clone();
+    let stored = with_db(&state, |c| async move { crate::db::latest_message(&**c, &sensor, feature_type).await }).await?;
+    let Some(message) = stored else {
+        return Err(ApiError::not_found(format!(
+            "no Feature {} message has been stored for sensor {sensor_id}",
+            feature_type.as_str()
+        )));
+    };
+    state.cache.offer_stored(&message);
+    let body = serde_json::to_vec(&message).map_err(|_| ApiError::internal())?;
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
 }
 

@@ -64,6 +64,8 @@ pub struct AppState {
     pub auth_throttle: auth::AuthThrottle,
     /// Byte budget of one history page's rows.
     pub max_page_bytes: usize,
+    /// Fault hook: no refill of the cache from the database and no fallback on a miss.
+    pub no_cache_refill: bool,
 }
 
 impl AppState {
@@ -84,6 +86,7 @@ impl AppState {
                 Duration::from_millis(api.auth_failure_window_ms),
             ),
             max_page_bytes: api.max_page_bytes,
+            no_cache_refill: api.fault_no_cache_refill,
         })
     }
 }
@@ -99,6 +102,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route_layer(from_fn_with_state(state, auth::require_bearer));
     Router::new()
         .route("/healthz", get(handlers::healthz))
+        .route("/metrics", get(handlers::metrics))
         .route("/readyz", get(handlers::readyz))
         .route("/openapi.json", get(handlers::openapi))
         .merge(v1)
@@ -180,10 +184,18 @@ impl App {
             server::ServerLimits { header_timeout: Duration::from_millis(settings.rest_api.header_timeout_ms) };
         // A child token, so a server failure also stops the cache consumer.
         let cache_stop = shutdown.child_token();
+        if settings.rest_api.fault_no_cache_refill {
+            tracing::warn!(
+                "FAULT INJECTION ACTIVE: rest_api.fault_no_cache_refill: no cache refill from the database and no \
+                 fallback on a miss; 'latest' goes stale after a broker gap. Never use in production."
+            );
+        }
+        let refill = (!settings.rest_api.fault_no_cache_refill).then(|| state.pool.clone());
         let cache_task = tokio::spawn(cache::run(
             settings,
             instance.clone(),
             state.cache.clone(),
+            refill,
             state.cache_health.clone(),
             cache_stop.clone(),
         ));

@@ -22,6 +22,9 @@ fn settings() -> Settings {
     s.rest_api.rate_limit_burst = 1000;
     s.rest_api.default_limit = 10;
     s.rest_api.max_limit = 50;
+    // No database here: a cache miss must not try one (the database fallback on a miss is
+    // covered by tests/rest_api_e2e.rs and the chaos scenarios).
+    s.rest_api.fault_no_cache_refill = true;
     s
 }
 
@@ -269,6 +272,7 @@ fn openapi_documents_every_route() {
         paths,
         [
             "/healthz",
+            "/metrics",
             "/openapi.json",
             "/readyz",
             "/v1/features",

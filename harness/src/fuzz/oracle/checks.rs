@@ -117,18 +117,29 @@ pub(super) async fn account(
                         ),
                     ));
                 }
-                // A processed chunk is done only once its Feature A and B are both stored.
+                // A processed chunk is done once its Feature A and B are stored, once each
+                // however often it was published (contract 1.3: output ids derive from the
+                // input's, and one row per source chunk and type).
                 if x.input.channel == Channel::AudioStream && processed > 0 {
                     let stored = |t: &str| {
                         rows.iter().filter(|r| r.source_message_id == x.base_id && r.feature_type == t).count()
                     };
-                    if stored("A") < processed || stored("B") < processed {
+                    let (a, b) = (stored("A"), stored("B"));
+                    if a > 1 || b > 1 {
+                        return Err(fail(
+                            consumer,
+                            format!(
+                                "input audio_stream #{} ({}): rows A {a} and B {b} for one chunk: stored more than once",
+                                x.input.index,
+                                x.input.describe()
+                            ),
+                        ));
+                    }
+                    if a < 1 || b < 1 {
                         pending.push(format!(
-                            "DataWriter: input audio_stream #{} ({}): {processed} Feature A out, rows A {} and B {}",
+                            "DataWriter: input audio_stream #{} ({}): {processed} Feature A out, rows A {a} and B {b}",
                             x.input.index,
                             x.input.describe(),
-                            stored("A"),
-                            stored("B")
                         ));
                     }
                 }
