@@ -13,6 +13,7 @@
 //! - [`namespace`]: per-scenario sensor-id prefixes; [`sut`]: process control (local profile)
 //!   through the SUT adapter protocol; [`paths`]: run-time locations and per-run report folders.
 //! - [`signal`]: test signals and the harness's own reference features (an independent oracle).
+//! - [`faults`]: a TCP fault proxy per link and private RabbitMQ/PostgreSQL nodes to crash (#11).
 //!
 //! The harness depends on the `contract` crate only, never on the reference services.
 //! - [`ledger`]: lineage and reconciliation; [`report`]: failure bundles and run reports.
@@ -22,6 +23,7 @@ pub mod api;
 pub mod config;
 pub mod env;
 pub mod eventually;
+pub mod faults;
 pub mod fuzz;
 pub mod http_raw;
 pub mod json_match;

@@ -65,7 +65,7 @@ impl Scratch {
 
     pub async fn cleanup(mut self) {
         self.cleaned = true;
-        drop_everything(self.db_name.clone(), self.namespace.clone()).await;
+        drop_everything(self.db_name.clone(), self.namespace.clone(), self.amqp_url.clone()).await;
     }
 }
 
@@ -75,10 +75,10 @@ impl Drop for Scratch {
             return;
         }
         // Dropped during a panic inside a runtime: clean up from a fresh thread and runtime.
-        let (db, ns) = (self.db_name.clone(), self.namespace.clone());
+        let (db, ns, url) = (self.db_name.clone(), self.namespace.clone(), self.amqp_url.clone());
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(drop_everything(db, ns));
+            rt.block_on(drop_everything(db, ns, url));
         })
         .join();
     }
@@ -90,8 +90,12 @@ async fn admin() -> tokio_postgres::Client {
     client
 }
 
-async fn drop_everything(db_name: String, namespace: String) {
-    if let Ok(conn) = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default()).await {
+/// Drops the database and the namespace's queues and exchanges on the broker the test used
+/// (`amqp_url`: a test on a private node never reaches the shared broker, even to clean up).
+async fn drop_everything(db_name: String, namespace: String, amqp_url: String) {
+    let connecting = lapin::Connection::connect(&amqp_url, lapin::ConnectionProperties::default());
+    // Bounded: a private broker may already be gone.
+    if let Ok(Ok(conn)) = tokio::time::timeout(std::time::Duration::from_secs(10), connecting).await {
         let names = Names::new(&namespace);
         for q in names.all_queues() {
             // A fresh channel each time: deleting is idempotent, but a channel error closes it.
