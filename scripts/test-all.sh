@@ -17,7 +17,8 @@ if ! cargo build --workspace --all-targets 2>&1 | tail -n 3; then :; fi
 
 echo "== cargo tests (unit + integration, every crate but the cucumber runner)"
 # The steps crate's own checks (vocabulary, tags, design.md) run here; its cucumber binary below.
-{ cargo test --workspace --exclude steps 2>&1 || echo "CARGO-TEST-FAILED"; cargo test -p steps --lib 2>&1 || echo "CARGO-TEST-FAILED"; } \
+# tests/bundle_scope.rs runs the suite's binary (built above) on a fixture whose scenarios fail on purpose.
+{ cargo test --workspace --exclude steps 2>&1 || echo "CARGO-TEST-FAILED"; cargo test -p steps --lib --test bundle_scope 2>&1 || echo "CARGO-TEST-FAILED"; } \
   | tee reports/cargo-test.log | grep -E '^(test result|failures:|    [a-z_:]+$|---- )' || true
 grep -q '^CARGO-TEST-FAILED' reports/cargo-test.log && status=1
 read -r p f < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p+0, f+0 }' reports/cargo-test.log)

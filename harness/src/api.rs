@@ -107,6 +107,19 @@ pub struct HistoryQuery {
     pub extra: Vec<(String, String)>,
 }
 
+/// Where a client keeps its most recent exchange. Clones share one record; a scenario gives its
+/// clients a record of its own ([`ApiClient::recording_into`]), so its failure bundle shows its
+/// own last request and never a concurrent scenario's.
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeRecord(Arc<Mutex<Option<Exchange>>>);
+
+impl ExchangeRecord {
+    /// The most recent exchange recorded here, if any.
+    pub fn last(&self) -> Option<Exchange> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
 /// Client for the SUT's REST API. Cheap to clone; clones share the exchange record.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
@@ -117,7 +130,7 @@ pub struct ApiClient {
     /// Shared connection pool.
     http: Client,
     /// The most recent exchange of this client and its clones.
-    last: Arc<Mutex<Option<Exchange>>>,
+    last: ExchangeRecord,
 }
 
 impl ApiClient {
@@ -171,7 +184,7 @@ impl ApiClient {
         if base.cannot_be_a_base() {
             bail!("API base URL {base} cannot carry a path");
         }
-        Ok(ApiClient { base, token, http, last: Arc::new(Mutex::new(None)) })
+        Ok(ApiClient { base, token, http, last: ExchangeRecord::default() })
     }
 
     /// The base URL.
@@ -181,7 +194,13 @@ impl ApiClient {
 
     /// The most recent request and response, if any.
     pub fn last_exchange(&self) -> Option<Exchange> {
-        self.last.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.last.last()
+    }
+
+    /// The same client (API, token, connection pool) recording its exchanges into `record`
+    /// instead of the shared one.
+    pub fn recording_into(&self, record: &ExchangeRecord) -> ApiClient {
+        ApiClient { last: record.clone(), ..self.clone() }
     }
 
     /// `GET /v1/sensors/{sensor_id}/features/latest?type={feature_type}`.
@@ -380,7 +399,7 @@ impl ApiClient {
             }
             Err(err) => exchange.error = Some(error_chain(err)),
         }
-        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(exchange);
+        *self.last.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(exchange);
         result.with_context(|| format!("{method} {url}"))
     }
 }

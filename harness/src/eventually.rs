@@ -114,13 +114,23 @@ fn is_fatal(err: &anyhow::Error) -> bool {
     err.chain().any(|e| e.is::<Fatal>())
 }
 
-/// One finished `eventually` call, for flakiness reporting.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One finished wait (`eventually` or a tap wait), for flakiness reporting.
+///
+/// `scope` is what the caller knew (the scenario's namespace); `scenario` and `step` are filled in
+/// by the runner after the run (`attribute`), from the scope and the step that was running when
+/// the wait started.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConvergenceRecord {
     /// The `what` of the call.
     pub what: String,
-    /// `Backoff::scope` of the call.
+    /// `Backoff::scope` of the call (the scenario's namespace, or `None`).
     pub scope: Option<String>,
+    /// The scenario the wait belongs to (`feature file: scenario name`), once attributed.
+    pub scenario: Option<String>,
+    /// The step that was running when the wait started (`Then …`), once attributed.
+    pub step: Option<String>,
+    /// When the wait started (milliseconds since the Unix epoch).
+    pub started_at_ms: u64,
     /// Probe calls made.
     pub attempts: u32,
     /// Time from the first attempt to success or giving up, in milliseconds.
@@ -130,6 +140,55 @@ pub struct ConvergenceRecord {
 }
 
 static LOG: Mutex<Vec<ConvergenceRecord>> = Mutex::new(Vec::new());
+
+/// Records a finished wait that took `elapsed` and ended now: the shorthand for waits other than
+/// `eventually` (the tap's).
+pub fn record_wait(what: &str, scope: Option<&str>, elapsed: Duration, attempts: u32, ok: bool) {
+    record(ConvergenceRecord {
+        what: what.to_owned(),
+        scope: scope.map(str::to_owned),
+        scenario: None,
+        step: None,
+        started_at_ms: unix_ms(std::time::SystemTime::now()).saturating_sub(elapsed_ms(elapsed)),
+        attempts,
+        elapsed_ms: elapsed_ms(elapsed),
+        ok,
+    });
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map(elapsed_ms).unwrap_or(0)
+}
+
+fn elapsed_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Fills in `scenario` and `step` of every record: `scenario_of(scope)` names the scenario of a
+/// namespace, `step_at(scenario, started_at_ms)` the step that was running then. A record without
+/// a scope is attributed by time alone when exactly one scenario had a step running at its start
+/// (`running_at(started_at_ms)` lists them); otherwise it stays unattributed.
+pub fn attribute(
+    records: &mut [ConvergenceRecord],
+    scenario_of: impl Fn(&str) -> Option<String>,
+    step_at: impl Fn(&str, u64) -> Option<String>,
+    running_at: impl Fn(u64) -> Vec<String>,
+) {
+    for r in records.iter_mut() {
+        let scenario = match &r.scope {
+            Some(scope) => scenario_of(scope),
+            None => match running_at(r.started_at_ms).as_slice() {
+                [only] => Some(only.clone()),
+                _ => None,
+            },
+        };
+        if let Some(scenario) = scenario {
+            r.step = step_at(&scenario, r.started_at_ms);
+            r.scenario = Some(scenario);
+        }
+    }
+}
 
 /// Appends to the process-wide convergence log.
 pub fn record(rec: ConvergenceRecord) {
@@ -164,13 +223,17 @@ where
     Fut: Future<Output = anyhow::Result<Check<T>>>,
 {
     let start = Instant::now();
+    let started_at_ms = unix_ms(std::time::SystemTime::now());
     let mut attempts: u32 = 0;
     let finish = |attempts: u32, ok: bool| {
         record(ConvergenceRecord {
             what: what.to_owned(),
             scope: backoff.scope.clone(),
+            scenario: None,
+            step: None,
+            started_at_ms,
             attempts,
-            elapsed_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+            elapsed_ms: elapsed_ms(start.elapsed()),
             ok,
         });
     };
@@ -259,6 +322,35 @@ mod tests {
         assert_eq!(b.pause(6), Duration::from_millis(320));
         assert_eq!(b.pause(7), Duration::from_millis(500));
         assert_eq!(b.pause(u32::MAX), Duration::from_millis(500));
+    }
+
+    fn rec(scope: Option<&str>, at: u64) -> ConvergenceRecord {
+        ConvergenceRecord {
+            what: "w".into(),
+            scope: scope.map(String::from),
+            scenario: None,
+            step: None,
+            started_at_ms: at,
+            attempts: 1,
+            elapsed_ms: 1,
+            ok: true,
+        }
+    }
+
+    #[test]
+    fn records_are_attributed_by_scope_then_by_time() {
+        let mut log = vec![rec(Some("ns-a"), 10), rec(None, 20), rec(None, 30), rec(Some("ns-unknown"), 5)];
+        attribute(
+            &mut log,
+            |scope| (scope == "ns-a").then(|| "a.feature: A".to_string()),
+            |scenario, at| Some(format!("{scenario} step@{at}")),
+            |at| if at < 25 { vec!["b.feature: B".into()] } else { vec!["a.feature: A".into(), "b.feature: B".into()] },
+        );
+        assert_eq!(log[0].scenario.as_deref(), Some("a.feature: A"));
+        assert_eq!(log[0].step.as_deref(), Some("a.feature: A step@10"));
+        assert_eq!(log[1].scenario.as_deref(), Some("b.feature: B"), "one scenario running: attributed by time");
+        assert_eq!(log[2].scenario, None, "two scenarios running: ambiguous, left unattributed");
+        assert_eq!(log[3].scenario, None);
     }
 
     #[tokio::test]

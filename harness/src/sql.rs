@@ -153,7 +153,11 @@ impl Db {
     /// Connects with an already built configuration.
     pub async fn connect_config(config: &Config) -> anyhow::Result<Self> {
         let (client, connection) = config.connect(NoTls).await.with_context(|| {
-            format!("connecting to PostgreSQL {:?} on {:?}", config.get_dbname(), config.get_hosts())
+            format!(
+                "connecting to PostgreSQL database {} at {}",
+                config.get_dbname().unwrap_or("(default)"),
+                endpoints(config)
+            )
         })?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
@@ -455,6 +459,26 @@ pub async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
         .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
         .await
         .with_context(|| format!("dropping database {name}"))
+}
+
+/// `host:port` of every host of a configuration, comma-separated (no Debug text).
+fn endpoints(config: &Config) -> String {
+    use tokio_postgres::config::Host;
+    let ports = config.get_ports();
+    config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match h {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                #[cfg(unix)]
+                Host::Unix(path) => format!("{} (socket, port {port})", path.display()),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

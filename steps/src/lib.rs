@@ -1,6 +1,9 @@
 //! The behaviour suite lives in `tests/cucumber/` (World, typed parameters, one step file per
 //! domain, and the runner), so that every step registers in the one test binary. This library
-//! only holds checks about the suite itself.
+//! holds what the runner needs that is worth unit-testing ([`suggest`]: "did you mean" for
+//! steps no definition matches) and checks about the suite itself.
+
+pub mod suggest;
 
 #[cfg(test)]
 mod tests {

@@ -96,6 +96,8 @@ pub struct Tap {
     inner: Arc<Inner>,
     /// Keeps the tap's connection (and so its exclusive queues) alive.
     _conn: Arc<lapin::Connection>,
+    /// Whose waits these are (a scenario's namespace), for the convergence log.
+    scope: Option<Arc<str>>,
 }
 
 impl Tap {
@@ -121,7 +123,13 @@ impl Tap {
                 .with_context(|| format!("tapping exchange {exchange:?}"))?;
             spawn_consumer(ch, queue, source, inner.clone()).await?;
         }
-        Ok(Tap { inner, _conn: Arc::new(conn) })
+        Ok(Tap { inner, _conn: Arc::new(conn), scope: None })
+    }
+
+    /// The same tap (same captures), whose waits are attributed to `scope` (a scenario's
+    /// namespace) in the convergence log.
+    pub fn scoped(&self, scope: &str) -> Tap {
+        Tap { scope: Some(scope.into()), ..self.clone() }
     }
 
     pub fn names(&self) -> &Names {
@@ -155,16 +163,17 @@ impl Tap {
             notified.as_mut().enable();
             let found = self.matching(&pred);
             if found.len() >= count {
-                note(what, started, true);
+                self.note(what, started, true);
                 return Ok(found);
             }
             let remaining = deadline.saturating_sub(started.elapsed());
             if remaining.is_zero() || tokio::time::timeout(remaining, notified).await.is_err() {
                 let found = self.matching(&pred);
                 if found.len() >= count {
+                    self.note(what, started, true);
                     return Ok(found);
                 }
-                note(what, started, false);
+                self.note(what, started, false);
                 bail!(
                     "timed out after {:.1}s waiting for {what}\n  expected: at least {count} matching message(s)\n  actual: {} matching\n  seen in this scenario's namespace:\n{}",
                     started.elapsed().as_secs_f64(),
@@ -306,13 +315,9 @@ fn capture(source: &Source, d: &lapin::message::Delivery) -> Captured {
     }
 }
 
-/// Tap waits go into the same convergence log as `eventually`.
-fn note(what: &str, started: Instant, ok: bool) {
-    crate::eventually::record(crate::eventually::ConvergenceRecord {
-        what: what.to_string(),
-        scope: None,
-        attempts: 1,
-        elapsed_ms: started.elapsed().as_millis() as u64,
-        ok,
-    });
+impl Tap {
+    /// Tap waits go into the same convergence log as `eventually`.
+    fn note(&self, what: &str, started: Instant, ok: bool) {
+        crate::eventually::record_wait(what, self.scope.as_deref(), started.elapsed(), 1, ok);
+    }
 }

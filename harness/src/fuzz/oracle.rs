@@ -416,20 +416,20 @@ impl CanaryAt {
     }
 }
 
-async fn follow_canary(p: &Pipeline, db: &Db, c: &Canary, _prefix: &str, deadline: Instant) -> CanaryAt {
+async fn follow_canary(p: &Pipeline, db: &Db, c: &Canary, prefix: &str, deadline: Instant) -> CanaryAt {
     let id = c.id.to_string();
     let left = || deadline.saturating_duration_since(Instant::now());
     let scope = |_: &Captured| false;
-    let a = p
-        .tap
+    // The convergence log attributes these waits to the scenario (its namespace).
+    let tap = p.tap.scoped(prefix);
+    let a = tap
         .wait_for("the canary's Feature A", 1, left(), scope, |m| {
             m.source == Source::FeatureA && m.str_field("/source_message_id") == Some(id.as_str())
         })
         .await;
     let Ok(a) = a else { return CanaryAt::Published };
     let a_id = a[0].str_field("/message_id").unwrap_or_default().to_string();
-    let b = p
-        .tap
+    let b = tap
         .wait_for("the canary's Feature B", 1, left(), scope, |m| {
             m.source == Source::FeatureB && m.str_field("/feature_a_message_id") == Some(a_id.as_str())
         })
@@ -437,7 +437,7 @@ async fn follow_canary(p: &Pipeline, db: &Db, c: &Canary, _prefix: &str, deadlin
     if b.is_err() {
         return CanaryAt::FeatureA;
     }
-    let backoff = crate::eventually::Backoff::with_deadline(left());
+    let backoff = crate::eventually::Backoff::with_deadline(left()).scoped(prefix);
     let rows = crate::eventually::eventually("the canary's rows", "one A and one B row", &backoff, || async {
         let (a, b) = db.count_by_source(c.id).await?;
         Ok(if a == 1 && b == 1 { Check::Done(()) } else { Check::not_yet(format!("rows (A, B) = ({a}, {b})")) })
@@ -447,7 +447,7 @@ async fn follow_canary(p: &Pipeline, db: &Db, c: &Canary, _prefix: &str, deadlin
         return CanaryAt::FeatureB;
     }
     let Ok(api) = p.api() else { return CanaryAt::Api };
-    let backoff = crate::eventually::Backoff::with_deadline(left());
+    let backoff = crate::eventually::Backoff::with_deadline(left()).scoped(prefix);
     let served =
         crate::eventually::eventually("the canary served by the API", "its latest Feature A", &backoff, || async {
             let r = api.latest(&c.sensor, "A").await?;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use contract::{AudioChunk, Encoding};
 use harness::amqp::{Captured, Source};
-use harness::api::{ApiClient, Response};
+use harness::api::{ApiClient, ExchangeRecord, Response};
 use harness::env::{Env, Pipeline};
 use harness::ledger::{Ledger, Published};
 use harness::namespace::ScenarioNamespace;
@@ -53,6 +53,8 @@ pub struct World {
     pub published: Vec<AudioChunk>,
     /// AMQP message ids of the raw (possibly broken) messages, by sensor id.
     pub raw_ids: BTreeMap<String, Vec<String>>,
+    /// This scenario's own record of its last HTTP exchange (for its failure bundle only).
+    pub http: ExchangeRecord,
     /// The last HTTP response and every response of a burst.
     pub response: Option<Response>,
     pub responses: Vec<Response>,
@@ -99,6 +101,7 @@ impl World {
             sequences: BTreeMap::new(),
             published: Vec::new(),
             raw_ids: BTreeMap::new(),
+            http: ExchangeRecord::default(),
             response: None,
             responses: Vec::new(),
             seeded: Vec::new(),
@@ -120,8 +123,10 @@ impl World {
         self.private.as_mut().context("this step needs a private pipeline (add `Given a private pipeline`)")
     }
 
-    pub fn api(&self) -> anyhow::Result<&ApiClient> {
-        self.pipeline().api()
+    /// The pipeline's API client, recording its exchanges in this scenario's own record (so a
+    /// failure bundle never shows a concurrent scenario's request).
+    pub fn api(&self) -> anyhow::Result<ApiClient> {
+        Ok(self.pipeline().api()?.recording_into(&self.http))
     }
 
     pub fn deadline(&self) -> Duration {
@@ -204,6 +209,7 @@ impl World {
         let what = format!("{n} {source:?} message(s) for sensor {name:?}");
         self.pipeline()
             .tap
+            .scoped(&self.ns.prefix)
             .wait_for(
                 &what,
                 n,

@@ -117,6 +117,7 @@ async fn dead_lettered(w: &mut World, sensor: String, dlq: String, reason: Strin
     let found = w
         .pipeline()
         .tap
+        .scoped(&w.ns.prefix)
         .wait_for(
             &format!("the broken message in {dlq}"),
             1,
