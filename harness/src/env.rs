@@ -91,6 +91,10 @@ pub struct Env {
     writer_env: Vec<(String, String)>,
     /// The broker connection for publishers and clean-up.
     conn: Arc<lapin::Connection>,
+    /// The private broker and database of chaos scenarios: started by the first one that needs
+    /// them (`Err` remembers why they could not start, so later scenarios fail fast), stopped at
+    /// the end of the run.
+    chaos: tokio::sync::Mutex<Option<Result<Arc<crate::chaos::Rig>, String>>>,
 }
 
 impl Env {
@@ -129,6 +133,7 @@ impl Env {
                     created_roles: vec![],
                     writer_env: vec![],
                     conn,
+                    chaos: tokio::sync::Mutex::new(None),
                 })
             }
             Profile::Local => {
@@ -207,6 +212,7 @@ impl Env {
             created_roles: roles.to_vec(),
             writer_env,
             conn,
+            chaos: tokio::sync::Mutex::new(None),
         };
         for c in [Component::DataWriter, Component::AlgorithmA, Component::AlgorithmB, Component::RestApi] {
             if let Err(e) = env.shared.start(c, 1, &[]).await {
@@ -245,8 +251,39 @@ impl Env {
         new_local_pipeline(&self.config, &self.conn, &namespace, env, self.writer_env.clone(), slug).await
     }
 
+    /// The run's private broker and database for chaos scenarios (local profile only), started on
+    /// first use. Never the shared servers: crash faults stop and kill these.
+    pub async fn chaos_rig(&self) -> anyhow::Result<Arc<crate::chaos::Rig>> {
+        if !self.is_local() {
+            bail!("chaos scenarios need the local profile: they crash brokers and databases of their own");
+        }
+        let mut slot = self.chaos.lock().await;
+        if slot.is_none() {
+            let started = crate::chaos::Rig::start(&self.run_id).await.map(Arc::new).map_err(|e| format!("{e:#}"));
+            *slot = Some(started);
+        }
+        match slot.as_ref().expect("set above") {
+            Ok(rig) => Ok(rig.clone()),
+            Err(why) => bail!("the private broker and database for chaos scenarios did not start: {why}"),
+        }
+    }
+
+    /// A chaos pipeline named `slug` on the run's rig.
+    pub async fn chaos_pipeline(&self, slug: &str) -> anyhow::Result<(Arc<crate::chaos::Rig>, crate::chaos::ChaosPipeline)> {
+        let rig = self.chaos_rig().await?;
+        let p = crate::chaos::ChaosPipeline::start(&self.config, &rig, &self.run_id, slug).await?;
+        Ok((rig, p))
+    }
+
     /// Stops everything the run started and drops its database.
     pub async fn shutdown(&self) {
+        if let Some(Ok(rig)) = self.chaos.lock().await.take() {
+            match Arc::try_unwrap(rig) {
+                Ok(rig) => rig.stop().await,
+                // Still held by a scenario: its drop kills the servers and removes their files.
+                Err(_) => eprintln!("warning: the chaos rig is still in use at shutdown; dropping it"),
+            }
+        }
         self.shared.teardown().await;
         if let Some(name) = &self.created_db
             && let Err(e) = crate::sql::drop_database(&self.config.database_url, name).await
@@ -294,7 +331,7 @@ pub fn sut_command(config: &Config) -> anyhow::Result<Vec<String>> {
 
 /// `QA_SUT_ENV` (fault injection and tuning for the services under test), e.g.
 /// `QA_SUT_ENV="APQ_ALGORITHM_A_FAULT_DROP_EVERY=10,APQ_API_FAULT_SKIP_AUTH=true"`.
-fn sut_env_overrides() -> anyhow::Result<Vec<(String, String)>> {
+pub fn sut_env_overrides() -> anyhow::Result<Vec<(String, String)>> {
     let Ok(extra) = std::env::var("QA_SUT_ENV") else { return Ok(vec![]) };
     extra
         .split(',')

@@ -16,10 +16,13 @@
 //! - [`faults`]: a TCP fault proxy per link and private RabbitMQ/PostgreSQL nodes to crash (#11).
 //!
 //! The harness depends on the `contract` crate only, never on the reference services.
+//! - [`chaos`]: pipelines on private servers behind fault proxies, a recording workload and the
+//!   ledger-invariant checker; [`faults`]: the proxies and private servers themselves.
 //! - [`ledger`]: lineage and reconciliation; [`report`]: failure bundles and run reports.
 
 pub mod amqp;
 pub mod api;
+pub mod chaos;
 pub mod config;
 pub mod env;
 pub mod eventually;

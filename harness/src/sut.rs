@@ -178,6 +178,13 @@ impl Processes {
         Ok(ids)
     }
 
+    /// (instance id, HTTP port) of every running instance that announced one (the API's port, a
+    /// consumer's health/metrics port).
+    pub fn http_ports(&self) -> Vec<(String, u16)> {
+        let g = self.running.lock().expect("proc lock");
+        g.values().flatten().filter_map(|i| i.http_port.map(|p| (i.id.clone(), p))).collect()
+    }
+
     /// Running instance ids of a component.
     pub fn instances(&self, component: Component) -> Vec<String> {
         self.running
@@ -328,6 +335,12 @@ pub struct LoggedProblem {
 /// Warnings and errors in the SUT logs under `dir` (text or JSON format). A healthy run logs
 /// none: a reconnect, a dead-lettered message or a failed ack all log one, even when the
 /// pipeline recovers and nothing is lost.
+/// Peak resident set (VmHWM) of a process in KiB, from `/proc/<pid>/status`; None once it is gone.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 pub fn logged_problems(dir: &std::path::Path) -> anyhow::Result<Vec<LoggedProblem>> {
     let mut out = Vec::new();
     let mut files: Vec<_> = std::fs::read_dir(dir)

@@ -65,6 +65,8 @@ pub struct World {
     pub t0: DateTime<Utc>,
     /// Hostile-input campaign of this scenario (steps/fuzz.rs).
     pub fuzz: crate::steps::fuzz::FuzzState,
+    /// Chaos experiment of this scenario (steps/chaos.rs); its processes die with it.
+    pub chaos: crate::steps::chaos::ChaosState,
 }
 
 impl std::fmt::Debug for World {
@@ -111,6 +113,7 @@ impl World {
             t0: DateTime::from_timestamp_micros((Utc::now() - chrono::Duration::minutes(10)).timestamp_micros())
                 .expect("now is representable"),
             fuzz: Default::default(),
+            chaos: Default::default(),
         })
     }
 

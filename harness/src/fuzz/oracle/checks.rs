@@ -278,11 +278,7 @@ pub fn row_violations(row: &Value) -> Vec<String> {
 
 /// Peak resident set of a process, from `/proc/<pid>/status`.
 pub(super) fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    crate::sut::peak_rss_kib(pid)
 }
 
 /// Byte length of every SUT log file now, so later checks see only new lines.

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod audio;
+pub mod chaos;
 pub mod database;
 pub mod exchanges;
 pub mod fuzz;
