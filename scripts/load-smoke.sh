@@ -2,7 +2,9 @@
 # CI load smoke (seconds, loose gates): the `load` runner with the floor SLA profile and the
 # smoke workload, on debug builds, against services it starts itself on the local infrastructure:
 #   - `pipeline live` (namespace load-smoke, database apq_load_smoke; default rate limit, so the
-#     limiter gate sees 429s) for the REST gates;
+#     limiter gate sees 429s) for the REST gates; the goose users are throttled to 150 requests/s,
+#     under the one token's 200/s, so the rest_rate_limited gate (at most half 429) measures the
+#     API and not its limiter; `live` is restarted if it exits at start-up (below);
 #   - a private pipeline per run (load-<run>, apq_load_<run>, removed at the end) for the
 #     pipeline gates (load starts those processes itself).
 #   - the Gherkin SLA specs tagged `@load and @smoke` (features/sla), run by `load spec`.
@@ -29,33 +31,59 @@ livelog=reports/load/smoke-pipeline-live.log
 run_ns="load-smoke-$$"
 export APQ_NAMESPACE="$run_ns"
 export APQ_DATABASE_URL="${APQ_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/apq_load_smoke_$$}"
-APQ_NAMESPACE="$run_ns" \
-APQ_AMQP_URL="${APQ_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}" \
-APQ_API_TOKENS=$token RUST_LOG=error \
-  target/debug/pipeline live --algorithm-a 1 --algorithm-b 1 --sensors 2 >"$livelog" 2>&1 &
-live=$!
+amqp_url="${APQ_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+start_live() {
+  APQ_NAMESPACE="$run_ns" APQ_AMQP_URL="$amqp_url" APQ_API_TOKENS=$token RUST_LOG=error \
+    target/debug/pipeline live --algorithm-a 1 --algorithm-b 1 --sensors 2 >>"$livelog" 2>&1 &
+  live=$!
+}
+# host:port of a URL (default port $2)
+hostport() { local a=${1#*://}; a=${a%%[/?]*}; a=${a##*@}; case $a in *:*) echo "$a" ;; *) echo "$a:$2" ;; esac; }
+# Waits (at most $1 s) until RabbitMQ and PostgreSQL accept TCP connections; says what it waited for.
+wait_deps() {
+  local until=$(( $(date +%s) + $1 )) dep
+  for dep in "RabbitMQ $(hostport "$amqp_url" 5672)" "PostgreSQL $(hostport "$APQ_DATABASE_URL" 5432)"; do
+    set -- $dep
+    while ! (exec 3<>"/dev/tcp/${2%:*}/${2##*:}") 2>/dev/null; do
+      [ "$(date +%s)" -ge "$until" ] && { say "waited for $1 $2: still not accepting connections"; return 1; }
+      sleep 0.5
+    done
+    say "waited for $1 $2: accepting connections"
+  done
+}
+: >"$livelog"
+start_live
 trap 'kill -INT "$live" 2>/dev/null; wait "$live" 2>/dev/null; target/debug/pipeline purge --drop-database >/dev/null 2>&1' EXIT
 
-url=""
-for _ in $(seq 1 100); do
-  url="$(sed -n 's/.*live pipeline up: API \(http:\/\/[0-9.]*:[0-9]*\).*/\1/p' "$livelog" | head -n1)"
+# `live` exits at start-up when the broker or the database does not accept connections yet (a
+# busy machine, a broker still booting): start it again until a 90 s deadline, waiting for both
+# in between, and keep every attempt's output in $livelog (reports/ survives the run).
+url=""; attempt=1; deadline=$(( $(date +%s) + 90 ))
+while :; do
+  url="$(sed -n 's/.*live pipeline up: API \(http:\/\/[0-9.]*:[0-9]*\).*/\1/p' "$livelog" | tail -n1)"
   # Ready once the API serves stored history of sensor-1 (the REST gates read it).
-  if [ -n "$url" ] && curl -fsS -o /dev/null --max-time 2 -H "Authorization: Bearer $token" \
-       "$url/v1/features?sensor_id=sensor-1&limit=1" \
-     && curl -fsS --max-time 2 -H "Authorization: Bearer $token" "$url/v1/features?sensor_id=sensor-1&limit=1" | grep -q message_id; then
+  if [ -n "$url" ] && curl -fsS --max-time 2 -H "Authorization: Bearer $token" "$url/v1/features?sensor_id=sensor-1&limit=1" | grep -q message_id; then
     break
   fi
-  kill -0 "$live" 2>/dev/null || { say "pipeline live exited; see $livelog"; finish 0 1 1; }
+  if ! kill -0 "$live" 2>/dev/null; then
+    say "pipeline live exited at start-up (attempt $attempt); its last lines:"
+    tail -n 8 "$livelog" | sed 's/^/load-smoke:   /'
+    [ "$(date +%s)" -ge "$deadline" ] && { say "giving up after $attempt attempts (90 s); see $livelog"; finish 0 1 1; }
+    wait_deps $(( deadline - $(date +%s) )) || { say "see $livelog"; finish 0 1 1; }
+    attempt=$((attempt + 1)); url=""
+    echo "--- attempt $attempt ---" >>"$livelog"
+    start_live
+  fi
+  [ "$(date +%s)" -ge "$deadline" ] && { say "pipeline live not ready within 90 s (attempt $attempt); see $livelog"; finish 0 1 1; }
   sleep 0.2
 done
-[ -n "$url" ] || { say "pipeline live printed no address within 20 s; see $livelog"; finish 0 1 1; }
 say "pipeline live at $url ($(( $(date +%s) - t0 )) s)"
 
 newest() { ls -1d reports/load/2*/ 2>/dev/null | sort | tail -n1; }
 before="$(newest)"
 target/debug/load --host "$url" --token "$token" --sensors sensor-1,sensor-2 \
   --gates rest,pipeline --sla floor --workload smoke \
-  --users 4 --increase-rate 4 --run-time 5s --quiet --no-print-metrics \
+  --users 4 --increase-rate 4 --run-time 5s --throttle-requests 150 --quiet --no-print-metrics \
   --services-bin target/debug/pipeline "$@"
 rc=$?
 

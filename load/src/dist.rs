@@ -688,6 +688,7 @@ pub fn apply_rest_gates(m: &RestMeasurement, sla: &Sla, report: &mut RunReport) 
     let g = m.error_gate("rest_error_rate", sla.get("rest_error_rate")?);
     report.error_budget_used_pct = g.budget_used_pct;
     report.gates.push(g);
+    report.gates.push(m.rate_limited_gate("rest_rate_limited", sla.get("rest_rate_limited")?));
     if m.target_per_sec > 0 {
         report.gates.push(m.achieved_gate("rest_rate_achieved", sla.get("rest_rate_achieved")?));
     }
@@ -699,9 +700,10 @@ pub fn finish_report(out: &Path, report: &mut RunReport) -> anyhow::Result<()> {
     report.finished_at = Utc::now().to_rfc3339();
     report.recount();
     if let Some(parent) = out.parent()
-        && let Some((path, prev)) = crate::trend::previous_summary(parent, out, &report.workload)
+        && let Some((path, prev)) = crate::trend::previous_summary(parent, out, &report.workload, &report.sla_profile)
     {
         report.trend = crate::trend::deltas(&prev.gates, &report.gates);
+        report.trend_warning = crate::trend::shape_warning(&prev.command, &report.command);
         report.previous_run = Some(format!("{} ({})", path.display(), prev.started_at));
     }
     let files = report::write_all(out, report)?;

@@ -129,20 +129,118 @@ impl LocalApi {
     }
 }
 
-/// Spawns `<bin> live` with `env` and waits (≤ 60 s) for the line that announces its API's
-/// address; the rest of its stderr goes to `log` (or is read and dropped, so it never blocks).
+/// Starts `pipeline live` and returns it with its API address. A `live` that exits during
+/// start-up (typically: the broker or the database is not accepting connections yet on a busy
+/// machine) is started again until [`START_DEADLINE`]; between attempts this waits until both
+/// accept TCP connections and says what it waited for. Everything `live` printed goes to `log`.
 pub async fn spawn_live(
     bin: &Path,
     sensors: usize,
     env: &[(String, String)],
     log: Option<&Path>,
 ) -> anyhow::Result<(tokio::process::Child, String)> {
+    let started = Instant::now();
+    let setting = |key: &str, default: &str| {
+        env.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(key).ok())
+            .unwrap_or_else(|| default.to_owned())
+    };
+    let deps = [
+        ("RabbitMQ", harness::report::startup::host_port(&setting("APQ_AMQP_URL", "amqp://127.0.0.1:5672"), 5672)),
+        (
+            "PostgreSQL",
+            harness::report::startup::host_port(&setting("APQ_DATABASE_URL", "postgres://127.0.0.1:5432"), 5432),
+        ),
+    ];
+    let mut attempt = 1;
+    loop {
+        match spawn_live_once(bin, sensors, env, log).await {
+            Ok(up) => {
+                if attempt > 1 {
+                    eprintln!(
+                        "[load] pipeline live up on attempt {attempt} after {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(up);
+            }
+            Err(e) if started.elapsed() < START_DEADLINE => {
+                eprintln!("[load] pipeline live did not start (attempt {attempt}): {e:#}");
+                let waited = wait_for_tcp(&deps, START_DEADLINE.saturating_sub(started.elapsed())).await;
+                eprintln!(
+                    "[load] waited {:.1} s for {waited}; starting pipeline live again",
+                    started.elapsed().as_secs_f64()
+                );
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "pipeline live did not start in {attempt} attempts within {} s ({} {} and {} {} checked between attempts)",
+                    START_DEADLINE.as_secs(),
+                    deps[0].0,
+                    deps[0].1,
+                    deps[1].0,
+                    deps[1].1
+                )));
+            }
+        }
+    }
+}
+
+/// How long [`spawn_live`] keeps trying.
+pub const START_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Waits (at most `max`) until every `(name, host:port)` accepts a TCP connection; returns what
+/// it waited for, e.g. `RabbitMQ 127.0.0.1:5672 (up after 2.1 s) and PostgreSQL … (up)`.
+async fn wait_for_tcp(deps: &[(&str, String)], max: Duration) -> String {
+    let t0 = Instant::now();
+    let mut said = Vec::new();
+    for (name, addr) in deps {
+        let mut up = false;
+        while t0.elapsed() < max {
+            let connect = tokio::net::TcpStream::connect(addr.as_str());
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), connect).await {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        said.push(format!(
+            "{name} {addr} ({} after {:.1} s)",
+            if up { "accepting connections" } else { "still not accepting connections" },
+            t0.elapsed().as_secs_f64()
+        ));
+    }
+    // A short pause even when both are up: `live` may have failed on something slower (a
+    // database still recovering accepts TCP before it accepts sessions).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    said.join(" and ")
+}
+
+/// One start of `pipeline live`; every line it prints goes to `log` (from the first, so a `live`
+/// that exits at start-up leaves its reason), and the last lines are in the error.
+async fn spawn_live_once(
+    bin: &Path,
+    sensors: usize,
+    env: &[(String, String)],
+    log: Option<&Path>,
+) -> anyhow::Result<(tokio::process::Child, String)> {
+    use tokio::io::AsyncWriteExt as _;
     let mut file = match log {
         Some(path) => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            Some(tokio::fs::File::create(path).await.with_context(|| format!("creating {}", path.display()))?)
+            Some(
+                tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .await
+                    .with_context(|| format!("opening {}", path.display()))?,
+            )
         }
         None => None,
     };
@@ -156,24 +254,36 @@ pub async fn spawn_live(
         .spawn()
         .with_context(|| format!("starting {} live", bin.display()))?;
     let mut lines = BufReader::new(child.stderr.take().context("stderr is piped")?).lines();
+    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     let url = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await? {
+            if let Some(f) = file.as_mut() {
+                let _ = f.write_all(format!("{line}\n").as_bytes()).await;
+            }
             if let Some(rest) = line.split("live pipeline up: API ").nth(1) {
                 return Ok::<_, std::io::Error>(rest.split_whitespace().next().map(str::to_string));
             }
+            if tail.len() == 8 {
+                tail.pop_front();
+            }
+            tail.push_back(line);
         }
         Ok(None)
     })
-    .await
-    .context("pipeline live did not come up within 60 s")??
-    .with_context(|| {
-        format!(
-            "pipeline live exited before printing its address{}",
-            log.map(|l| format!(" (log: {})", l.display())).unwrap_or_default()
-        )
-    })?;
+    .await;
+    let url = match url {
+        Ok(Ok(Some(url))) => url,
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            bail!(
+                "pipeline live exited ({status}) before printing its address{}; its last lines:\n  {}",
+                log.map(|l| format!(" (log: {})", l.display())).unwrap_or_default(),
+                tail.iter().cloned().collect::<Vec<_>>().join("\n  ")
+            );
+        }
+        Err(_) => bail!("pipeline live did not print its address within 60 s"),
+    };
     tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt as _;
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(f) = file.as_mut() {
                 let _ = f.write_all(format!("{line}\n").as_bytes()).await;

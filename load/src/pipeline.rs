@@ -187,16 +187,29 @@ where
 {
     let start = Instant::now();
     let mut last_print = Instant::now();
+    // A progress bar on a terminal; indicatif hides it elsewhere (CI logs), where a plain line
+    // every 3 s says the same.
+    let bar = indicatif::ProgressBar::new(want).with_message(what.to_owned());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>28} {bar:30} {pos}/{len} ({per_sec}, {elapsed} of at most {prefix})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(format!("{:.0}s", timeout.as_secs_f64()));
     loop {
         let n = done().await?;
+        bar.set_position(n.min(want));
         if n >= want {
+            bar.finish_and_clear();
             return Ok(Some(Instant::now()));
         }
         if start.elapsed() >= timeout {
+            bar.abandon();
             progress(t0, format!("{what}: timed out at {n}/{want} after {:.0}s", timeout.as_secs_f64()));
             return Ok(None);
         }
-        if last_print.elapsed() >= Duration::from_secs(3) {
+        if bar.is_hidden() && last_print.elapsed() >= Duration::from_secs(3) {
             progress(t0, format!("{what}: {n}/{want}"));
             last_print = Instant::now();
         }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// Throughput of one phase: what was offered (target rate) and what was achieved.
@@ -67,7 +68,17 @@ pub fn workers_table(workers: &[WorkerBreakdown]) -> String {
     let _ = writeln!(
         s,
         "{:<40} {:>5} {:>6} {:>10} {:>10} {:>8} {:>7} {:>8} {:>9} {:>13} {:>8}",
-        "worker", "users", "rate", "achieved/s", "ok", "errors", "429", "p50 ms", "p99 ms", "p99 CO ms", "cpu s"
+        "worker",
+        "users",
+        "rate",
+        "achieved/s",
+        "ok",
+        "errors",
+        "rate-limited (429)",
+        "p50 ms",
+        "p99 ms",
+        "p99 CO ms",
+        "cpu s"
     );
     for w in workers {
         let _ = writeln!(
@@ -160,6 +171,9 @@ pub struct RunReport {
     pub previous_run: Option<String>,
     /// Deltas against it.
     pub trend: Vec<Delta>,
+    /// Why the trend may mislead (the previous run had another load shape), shown in the page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trend_warning: Option<String>,
     /// Per-worker breakdown of distributed runs (empty otherwise).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<WorkerBreakdown>,
@@ -180,9 +194,65 @@ impl RunReport {
     }
 }
 
+/// `args` with secrets masked: the value of `--token`/`--results-url` (and `--x=value` forms),
+/// and any password in a URL (`scheme://user:***@host`).
+pub fn mask_args(args: &[String]) -> Vec<String> {
+    const SECRET: [&str; 2] = ["--token", "--results-url"];
+    let mut out = Vec::with_capacity(args.len());
+    let mut next_secret = false;
+    for a in args {
+        if next_secret {
+            out.push("***".to_owned());
+            next_secret = false;
+        } else if SECRET.contains(&a.as_str()) {
+            out.push(a.clone());
+            next_secret = true;
+        } else if let Some((flag, _)) = a.split_once('=').filter(|(f, _)| SECRET.contains(f)) {
+            out.push(format!("{flag}=***"));
+        } else {
+            out.push(redact_url(a));
+        }
+    }
+    out
+}
+
+/// A URL's password replaced by `***` (`scheme://user:***@host…`); other text unchanged.
+fn redact_url(s: &str) -> String {
+    match (s.find("://"), s.rfind('@')) {
+        (Some(i), Some(at)) if at > i && s[i + 3..at].contains(':') && !s[i + 3..at].contains('/') => {
+            let user = s[i + 3..at].split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &s[..i + 3], &s[at..])
+        }
+        _ => s.to_owned(),
+    }
+}
+
+/// The share of answers that were rate limited (429), in percent, when there were answers.
+pub fn rate_limited_pct(r: &RunReport) -> Option<f64> {
+    let total: u64 = r.responses_by_status.values().sum();
+    (total > 0).then(|| r.rate_limited as f64 / total as f64 * 100.0)
+}
+
+/// A loud line when most answers were 429: latency and error figures then describe the rate
+/// limiter, not the API.
+pub fn rate_limited_banner(r: &RunReport) -> Option<String> {
+    let pct = rate_limited_pct(r)?;
+    (pct > 50.0).then(|| {
+        format!(
+            "MOSTLY RATE-LIMITED: {pct:.0}% of {} REST answers were 429; the figures describe the rate limiter, not the API (use more tokens, a lower rate, or lift the limit)",
+            r.responses_by_status.values().sum::<u64>()
+        )
+    })
+}
+
 /// Writes `sla-summary.json`, `junit.xml` and `index.html` into `dir`; returns their paths.
+/// Secrets in the command line and URLs are masked in all three.
 pub fn write_all(dir: &Path, report: &RunReport) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut masked = report.clone();
+    masked.command = mask_args(&report.command);
+    masked.host = report.host.as_deref().map(redact_url);
+    let report = &masked;
     let summary = dir.join("sla-summary.json");
     std::fs::write(&summary, serde_json::to_vec_pretty(report)?)
         .with_context(|| format!("writing {}", summary.display()))?;
@@ -211,55 +281,54 @@ fn xml(s: &str) -> String {
     out
 }
 
-/// JUnit XML: one test case per gate; failures carry observed vs threshold.
+/// JUnit XML (quick-junit): one test case per gate, each with its own time; the suite's and the
+/// report's time is the run's wall time (gates overlap, so their times are never summed).
+/// Failures carry observed vs threshold.
 pub fn junit_xml(r: &RunReport) -> String {
-    let total: f64 = r.gates.iter().map(|g| g.elapsed_secs).sum();
-    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let _ = writeln!(
-        x,
-        "<testsuites name=\"load\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{total:.3}\">",
-        r.gates.len(),
-        r.failed,
-        r.skipped
-    );
-    let _ = writeln!(
-        x,
-        "  <testsuite name=\"sla.{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{total:.3}\" timestamp=\"{}\">",
-        xml(&r.sla_profile),
-        r.gates.len(),
-        r.failed,
-        r.skipped,
-        xml(&r.started_at)
-    );
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let wall = match (
+        chrono::DateTime::parse_from_rfc3339(&r.started_at),
+        chrono::DateTime::parse_from_rfc3339(&r.finished_at),
+    ) {
+        (Ok(a), Ok(b)) => (b - a).to_std().ok(),
+        _ => None,
+    };
+    let wall = wall.unwrap_or_else(|| {
+        // No times (tests): the longest gate is the best lower bound.
+        Duration::from_secs_f64(r.gates.iter().map(|g| g.elapsed_secs).fold(0.0, f64::max))
+    });
+    let mut report = Report::new("load");
+    report.set_time(wall);
+    let mut suite = TestSuite::new(format!("sla.{}", r.sla_profile));
+    suite.set_time(wall);
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&r.started_at) {
+        suite.set_timestamp(t);
+    }
     for g in &r.gates {
-        let _ = write!(
-            x,
-            "    <testcase classname=\"sla.{}\" name=\"{}\" time=\"{:.3}\"",
-            xml(&r.sla_profile),
-            xml(&g.name),
-            g.elapsed_secs
-        );
         let msg = format!("{}: observed {} vs {} ({})", g.name, g.observed_text(), g.threshold, g.key);
-        match g.verdict {
-            Verdict::Pass => {
-                let _ =
-                    writeln!(x, ">\n      <system-out>{}; {}</system-out>\n    </testcase>", xml(&msg), xml(&g.detail));
-            }
+        let status = match g.verdict {
+            Verdict::Pass => TestCaseStatus::success(),
             Verdict::Fail => {
-                let _ = writeln!(
-                    x,
-                    ">\n      <failure message=\"{}\" type=\"SlaBreach\">{}</failure>\n    </testcase>",
-                    xml(&msg),
-                    xml(&g.detail)
-                );
+                let mut st = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                st.set_message(msg.clone()).set_type("SlaBreach").set_description(g.detail.clone());
+                st
             }
             Verdict::Skipped => {
-                let _ = writeln!(x, ">\n      <skipped message=\"{}\"/>\n    </testcase>", xml(&g.detail));
+                let mut st = TestCaseStatus::skipped();
+                st.set_message(g.detail.clone());
+                st
             }
+        };
+        let mut case = TestCase::new(g.name.clone(), status);
+        case.set_classname(format!("sla.{}", r.sla_profile));
+        case.set_time(Duration::from_secs_f64(g.elapsed_secs.max(0.0)));
+        if g.verdict == Verdict::Pass {
+            case.set_system_out(format!("{msg}; {}", g.detail));
         }
+        suite.add_test_case(case);
     }
-    x.push_str("  </testsuite>\n</testsuites>\n");
-    x
+    report.add_test_suite(suite);
+    report.to_string().unwrap_or_else(|e| format!("<!-- junit serialization failed: {e} -->"))
 }
 
 /// The HTML page: verdict, gate table, trend, throughput, latency percentiles and plots.
@@ -275,6 +344,12 @@ pub fn html_page(r: &RunReport) -> anyhow::Result<String> {
          .plots{{display:flex;flex-wrap:wrap;gap:1em}}</style></head><body>\n",
         xml(&r.started_at)
     );
+    if let Some(banner) = rate_limited_banner(r) {
+        let _ = writeln!(h, "<p class=\"fail\" id=\"rate-limited\"><b>{}</b></p>", xml(&banner));
+    }
+    if let Some(w) = &r.trend_warning {
+        let _ = writeln!(h, "<p class=\"skipped\" id=\"trend-warning\"><b>Trend:</b> {}</p>", xml(w));
+    }
     let _ = writeln!(
         h,
         "<h1>SLA {verdict}: {} passed, {} failed, {} skipped</h1>\n<p>run <code>{}</code>, {} → {}, profile <b>{}</b>, workload <b>{}</b>, host {}, load generator CPU {:.2} cores ({:.0}% of {} cores)</p>\n<p><code>{}</code></p>",
@@ -349,7 +424,7 @@ pub fn html_page(r: &RunReport) -> anyhow::Result<String> {
         h.push_str("</table>\n");
     }
     if !r.workers.is_empty() {
-        h.push_str("<h2>Workers</h2>\n<p>Gates use the merged histograms (added, not averaged); these are each worker's own figures.</p>\n<table><tr><th>worker</th><th>users</th><th>rate share/s</th><th>achieved/s</th><th>ok</th><th>errors</th><th>429</th><th>p50 ms</th><th>p99 ms</th><th>p99 CO-corrected ms</th><th>CPU s</th><th>started</th></tr>\n");
+        h.push_str("<h2>Workers</h2>\n<p>Gates use the merged histograms (added, not averaged); these are each worker's own figures.</p>\n<table><tr><th>worker</th><th>users</th><th>rate share/s</th><th>achieved/s</th><th>ok</th><th>errors</th><th>rate-limited (429)</th><th>p50 ms</th><th>p99 ms</th><th>p99 CO-corrected ms</th><th>CPU s</th><th>started</th></tr>\n");
         for w in &r.workers {
             let _ = writeln!(
                 h,
@@ -374,13 +449,15 @@ pub fn html_page(r: &RunReport) -> anyhow::Result<String> {
     if !r.responses_by_status.is_empty() {
         let _ = write!(
             h,
-            "<h2>REST responses</h2>\n<p>rate limited (429, not errors): {}; errors: {}; error budget used: {}</p>\n<table><tr><th>status</th><th>count</th></tr>\n",
+            "<h2>REST responses</h2>\n<p>rate limited (429, not errors): {} ({}); errors: {}; error budget used: {}</p>\n<table><tr><th>status</th><th>count</th></tr>\n",
             r.rate_limited,
+            rate_limited_pct(r).map(|p| format!("{p:.1}% of answers")).unwrap_or_else(|| "–".into()),
             r.errors,
             r.error_budget_used_pct.map(|b| format!("{b:.1}%")).unwrap_or_else(|| "–".into())
         );
         for (s, n) in &r.responses_by_status {
-            let _ = writeln!(h, "<tr><td>{}</td><td>{n}</td></tr>", xml(s));
+            let label = if s == "429" { "429 (rate-limited, not an error)".to_owned() } else { s.clone() };
+            let _ = writeln!(h, "<tr><td>{}</td><td>{n}</td></tr>", xml(&label));
         }
         h.push_str("</table>\n");
     }
@@ -456,6 +533,12 @@ pub fn html_page(r: &RunReport) -> anyhow::Result<String> {
 /// The console table printed at the end of a run.
 pub fn console_table(r: &RunReport) -> String {
     let mut s = String::new();
+    if let Some(banner) = rate_limited_banner(r) {
+        let _ = writeln!(s, "!! {banner}");
+    }
+    if let Some(w) = &r.trend_warning {
+        let _ = writeln!(s, "!! trend: {w}");
+    }
     let width = r.gates.iter().map(|g| g.name.len()).max().unwrap_or(10).max(10);
     let _ = writeln!(s, "{:<width$}  {:<7}  {:>14}  {:<14}  detail", "gate", "verdict", "observed", "threshold");
     for g in &r.gates {
@@ -500,6 +583,50 @@ mod tests {
         r.latencies.insert("x".into(), LatencyReport::of(&l));
         r.recount();
         r
+    }
+
+    #[test]
+    fn tokens_are_masked_in_every_file() {
+        let mut r = report();
+        r.command = ["load", "--host", "http://h:1", "--token", "s3cret", "--results-url=postgres://u:pw@h/db"]
+            .map(String::from)
+            .to_vec();
+        let dir = std::env::temp_dir().join(format!("load-mask-{}", std::process::id()));
+        for f in write_all(&dir, &r).unwrap() {
+            let text = std::fs::read_to_string(&f).unwrap();
+            assert!(!text.contains("s3cret") && !text.contains(":pw@"), "{}: {text}", f.display());
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_mostly_rate_limited_run_says_so() {
+        let mut r = report();
+        r.responses_by_status = [("200".to_string(), 25), ("429".to_string(), 75)].into();
+        r.rate_limited = 75;
+        assert!(rate_limited_banner(&r).unwrap().contains("75% of 100 REST answers were 429"));
+        assert!(html_page(&r).unwrap().contains("MOSTLY RATE-LIMITED"));
+        assert!(html_page(&r).unwrap().contains("429 (rate-limited, not an error)"));
+        assert!(console_table(&r).starts_with("!! MOSTLY RATE-LIMITED"));
+        r.responses_by_status = [("200".to_string(), 95), ("429".to_string(), 5)].into();
+        r.rate_limited = 5;
+        assert!(rate_limited_banner(&r).is_none());
+    }
+
+    #[test]
+    fn junit_time_is_the_wall_time_not_the_sum_of_overlapping_gates() {
+        let mut r = report();
+        r.started_at = "2026-12-04T10:00:00+00:00".into();
+        r.finished_at = "2026-12-04T10:00:24+00:00".into();
+        for g in &mut r.gates {
+            g.elapsed_secs = 15.0;
+        }
+        let x = junit_xml(&r);
+        assert!(
+            x.contains(r#"<testsuites name="load" tests="3" skipped="1" failures="1" errors="0" time="24.000""#),
+            "{x}"
+        );
+        assert!(x.contains(r#"time="15.000""#), "{x}");
     }
 
     #[test]

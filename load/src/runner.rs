@@ -131,8 +131,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<RunReport> {
     report.load_generator_cpu = cpu.usage();
     report.finished_at = chrono::Utc::now().to_rfc3339();
     report.recount();
-    if let Some((path, prev)) = trend::previous_summary(&cli.opts.report_dir, &out, &report.workload) {
+    if let Some((path, prev)) =
+        trend::previous_summary(&cli.opts.report_dir, &out, &report.workload, &report.sla_profile)
+    {
         report.trend = trend::deltas(&prev.gates, &report.gates);
+        report.trend_warning = trend::shape_warning(&prev.command, &report.command);
         report.previous_run = Some(format!("{} ({})", path.display(), prev.started_at));
     }
     let files = report::write_all(&out, &report)?;
@@ -255,6 +258,26 @@ async fn rest_gates(cli: &Cli, sla: &Sla, out: &Path, report: &mut RunReport) ->
     .took(secs);
     report.error_budget_used_pct = gate.budget_used_pct;
     push(report, gate);
+    // A run that is mostly 429 measured the rate limiter, not the API: say so in the verdict.
+    let limited = rec.rate_limited.load(Ordering::Relaxed);
+    let limited_pct = (total > 0).then(|| limited as f64 / total as f64 * 100.0);
+    push(
+        report,
+        GateResult::judge(
+            "rest_rate_limited",
+            "rest_rate_limited",
+            sla.get("rest_rate_limited")?,
+            limited_pct,
+            if limited == 0 {
+                format!("0 of {total} answers were 429 (rate limited)")
+            } else {
+                format!(
+                    "{limited} of {total} answers were 429 (rate limited by the API's per-token limit; more tokens with --token a,b,…, a lower rate or a lifted limit measure the API itself)"
+                )
+            },
+        )
+        .took(secs),
+    );
     for t in &metrics.thresholds {
         push(report, goose_threshold_gate(t).took(secs));
     }

@@ -36,6 +36,12 @@ pub struct PreviousSummary {
     /// Its workload (only runs of the same workload are compared).
     #[serde(default)]
     pub workload: String,
+    /// Its SLA profile (only runs of the same profile are compared).
+    #[serde(default)]
+    pub sla_profile: String,
+    /// Its command line (secrets masked), for the load shape.
+    #[serde(default)]
+    pub command: Vec<String>,
     /// Its gates.
     pub gates: Vec<GateResult>,
 }
@@ -80,9 +86,15 @@ pub fn deltas(previous: &[GateResult], current: &[GateResult]) -> Vec<Delta> {
         .collect()
 }
 
-/// The newest readable `sla-summary.json` under `root` of the same `workload`, other than the one
-/// in `exclude` (run folders are named by UTC timestamp, so lexical order is time order).
-pub fn previous_summary(root: &Path, exclude: &Path, workload: &str) -> Option<(PathBuf, PreviousSummary)> {
+/// The newest readable `sla-summary.json` under `root` of the same `workload` and SLA `profile`,
+/// other than the one in `exclude` (run folders are named by UTC timestamp, so lexical order is
+/// time order).
+pub fn previous_summary(
+    root: &Path,
+    exclude: &Path,
+    workload: &str,
+    profile: &str,
+) -> Option<(PathBuf, PreviousSummary)> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -92,7 +104,63 @@ pub fn previous_summary(root: &Path, exclude: &Path, workload: &str) -> Option<(
     dirs.into_iter().rev().find_map(|d| {
         let path = d.join("sla-summary.json");
         let prev: PreviousSummary = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
-        (prev.workload == workload).then_some((path, prev))
+        (prev.workload == workload && (prev.sla_profile.is_empty() || prev.sla_profile == profile))
+            .then_some((path, prev))
+    })
+}
+
+/// The options that shape the load (users, rates, duration, gates, mix, spec filters), with
+/// their values, from a command line.
+fn shape(command: &[String]) -> Vec<String> {
+    const SHAPING: [&str; 16] = [
+        "-u",
+        "--users",
+        "-r",
+        "--hatch-rate",
+        "--increase-rate",
+        "-t",
+        "--run-time",
+        "--gates",
+        "--throttle-requests",
+        "--test-plan",
+        "--iterations",
+        "--mix",
+        "--total-users",
+        "--total-rate",
+        "--window",
+        "--tags",
+    ];
+    let mut out = Vec::new();
+    let mut it = command.iter().skip(1).peekable();
+    while let Some(a) = it.next() {
+        let (flag, value) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with('-') => (f.to_owned(), Some(v.to_owned())),
+            _ => (a.clone(), None),
+        };
+        if SHAPING.contains(&flag.as_str()) {
+            let value = value.or_else(|| it.next().cloned()).unwrap_or_default();
+            out.push(format!("{flag} {value}"));
+        } else if !a.starts_with('-') && matches!(a.as_str(), "spec" | "merge" | "worker" | "scale" | "bench") {
+            out.push(a.clone());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A visible warning when the previous run had another load shape (its deltas then compare
+/// different experiments), or `None` when the shapes agree.
+pub fn shape_warning(previous: &[String], current: &[String]) -> Option<String> {
+    if previous.is_empty() {
+        return Some("the previous run recorded no command line; its load shape is unknown".into());
+    }
+    let (p, c) = (shape(previous), shape(current));
+    (p != c).then(|| {
+        format!(
+            "the previous run had another load shape ({}) than this one ({}); its deltas compare different experiments",
+            if p.is_empty() { "defaults".into() } else { p.join(" ") },
+            if c.is_empty() { "defaults".into() } else { c.join(" ") }
+        )
     })
 }
 
@@ -132,6 +200,18 @@ mod tests {
     }
 
     #[test]
+    fn another_load_shape_is_a_visible_warning() {
+        let cmd = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let a = cmd("load --host http://h:1 --token *** -u 10 -r 10 -t 20s");
+        let b = cmd("load --host http://other:2 --token *** -u 10 -r 10 -t 20s");
+        let c = cmd("load --host http://h:1 --token *** -u 20 -r 10 --run-time=60s");
+        assert_eq!(shape_warning(&a, &b), None, "the host and token do not shape the load");
+        let w = shape_warning(&a, &c).unwrap();
+        assert!(w.contains("-u 10") && w.contains("-u 20") && w.contains("--run-time 60s"), "{w}");
+        assert!(shape_warning(&[], &a).is_some());
+    }
+
+    #[test]
     fn new_gates_have_no_delta() {
         let d = deltas(&[], &[gate("new", "<= 1ms", Some(0.5))]);
         assert_eq!((d[0].previous, d[0].change, d[0].regression), (None, None, false));
@@ -156,11 +236,17 @@ mod tests {
             }
         }
         let this = root.join("20240104T000000Z");
-        let (path, _) = previous_summary(&root, &this, "full").unwrap();
+        let (path, _) = previous_summary(&root, &this, "full", "floor").unwrap();
         assert!(path.ends_with("20240101T000000Z/sla-summary.json"), "{}", path.display());
-        let (path, _) = previous_summary(&root, &this, "smoke").unwrap();
+        let (path, _) = previous_summary(&root, &this, "smoke", "floor").unwrap();
         assert!(path.ends_with("20240102T000000Z/sla-summary.json"), "{}", path.display());
-        assert!(previous_summary(&root, &this, "huge").is_none());
+        assert!(previous_summary(&root, &this, "huge", "floor").is_none());
+        std::fs::write(
+            root.join("20240101T000000Z/sla-summary.json"),
+            r#"{"started_at": "t", "workload": "full", "sla_profile": "target", "gates": []}"#,
+        )
+        .unwrap();
+        assert!(previous_summary(&root, &this, "full", "floor").is_none(), "another SLA profile is not compared");
         std::fs::remove_dir_all(&root).ok();
     }
 }
