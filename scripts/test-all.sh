@@ -11,16 +11,46 @@ scripts/infra.sh up || { echo "0 passed, 1 failed"; exit 1; }
 
 passed=0; failed=0; status=0
 add() { passed=$((passed + $1)); failed=$((failed + $2)); }
+failed_parts=()
+# When a part fails: its log's tail, and the tails of the service logs it left (sut-logs/ of a
+# behaviour run, the load runs' logs), so CI shows why without fetching artifacts. Everything
+# stays under reports/ (nothing here deletes a report).
+evidence() { # name log [extra log or folder…]
+  local name=$1 log=$2 f; shift 2
+  failed_parts+=("$name")
+  echo "---- $name failed; last 40 lines of $log:"
+  tail -n 40 "$log" 2>/dev/null | sed 's/^/  | /'
+  for f in "$@"; do
+    [ -e "$f" ] || continue
+    find "$f" -type f -name '*.log' -newer "$log.start" 2>/dev/null | head -n 12 | while read -r l; do
+      if grep -qiE 'warn|error|panic|exited' "$l"; then
+        echo "---- $l (its warnings and errors, last 15):"
+        grep -iE 'warn|error|panic|exited' "$l" | tail -n 15 | sed 's/^/  | /'
+      fi
+    done
+  done
+  echo "---- the whole of it: $log${*:+ and $*}"
+}
+# The chromium the HTML report test and the report screenshots need (a Debian package).
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${QA_OFFLINE:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "== installing chromium (Debian package) for the HTML report test"
+  apt-get install -y --no-install-recommends chromium >reports/chromium-install.log 2>&1 \
+    || { apt-get update >>reports/chromium-install.log 2>&1 && apt-get install -y --no-install-recommends chromium >>reports/chromium-install.log 2>&1; } \
+    || echo "chromium could not be installed (see reports/chromium-install.log); the HTML report test will fail"
+fi
+mkdir -p reports/screenshots
 
 echo "== build"
 if ! cargo build --workspace --all-targets 2>&1 | tail -n 3; then :; fi
 
 echo "== cargo tests (unit + integration, every crate but the cucumber runner)"
+touch reports/cargo-test.log.start
 # The steps crate's own checks (vocabulary, tags, design.md) run here; its cucumber binary below.
 # tests/bundle_scope.rs runs the suite's binary (built above) on a fixture whose scenarios fail on purpose.
-{ cargo test --workspace --exclude steps 2>&1 || echo "CARGO-TEST-FAILED"; cargo test -p steps --lib --test bundle_scope 2>&1 || echo "CARGO-TEST-FAILED"; } \
+# harness/tests/html_report_chromium.rs leaves its screenshot in reports/screenshots/.
+{ QA_SCREENSHOT_DIR="$PWD/reports/screenshots" cargo test --workspace --exclude steps 2>&1 || echo "CARGO-TEST-FAILED"; cargo test -p steps --lib --test bundle_scope 2>&1 || echo "CARGO-TEST-FAILED"; } \
   | tee reports/cargo-test.log | grep -E '^(test result|failures:|    [a-z_:]+$|---- )' || true
-grep -q '^CARGO-TEST-FAILED' reports/cargo-test.log && status=1
+grep -q '^CARGO-TEST-FAILED' reports/cargo-test.log && { status=1; evidence "cargo tests" reports/cargo-test.log; }
 read -r p f < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p+0, f+0 }' reports/cargo-test.log)
 # A crate that failed to compile prints no result line: count it as a failure.
 grep -q '^error: could not compile' reports/cargo-test.log && f=$((f + 1))
@@ -30,8 +60,16 @@ echo "cargo tests: $p passed, $f failed"
 echo "== behaviour suite (cargo test --test cucumber)"
 # This run's reports: reports/bdd/runs/<run id>/, with reports/bdd/latest pointing at them.
 rm -f reports/bdd/latest
+touch reports/cucumber.log.start
 QA_REPORT_DIR=reports/bdd cargo test -p steps --test cucumber 2>&1 | tee reports/cucumber.log | tail -n 25
-[ "${PIPESTATUS[0]}" = 0 ] || status=1
+[ "${PIPESTATUS[0]}" = 0 ] || { status=1; evidence "behaviour suite" reports/cucumber.log reports/bdd/latest/sut-logs; }
+# A screenshot of this run's HTML report, for the CI artifacts.
+if command -v chromium >/dev/null 2>&1 && [ -f reports/bdd/latest/report.html ]; then
+  timeout 60 chromium --headless --no-sandbox --disable-gpu --no-first-run --proxy-server=127.0.0.1:9 \
+    --user-data-dir="$(mktemp -d)" --window-size=1280,2400 \
+    --screenshot="$PWD/reports/screenshots/behaviour-report.png" "file://$PWD/reports/bdd/latest/report.html" >/dev/null 2>&1 \
+    && echo "HTML report: reports/bdd/latest/report.html (screenshot reports/screenshots/behaviour-report.png)"
+fi
 if [ -f reports/bdd/latest/cucumber/summary.json ]; then
   read -r p f < <(python3 -c 'import json,sys; d=json.load(open("reports/bdd/latest/cucumber/summary.json")); print(d["passed"], d["failed"])')
 else
@@ -43,8 +81,9 @@ echo "behaviour suite: $p scenarios passed, $f failed"
 # Scripted checks, each ending with `<name>: N passed, M failed`.
 scripted() { # name script
   local name=$1 script=$2 p f
+  touch "reports/$name.log.start"
   "$script" 2>&1 | tee "reports/$name.log" | tail -n 12
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  [ "${PIPESTATUS[0]}" = 0 ] || { status=1; evidence "$name" "reports/$name.log" reports/bdd reports/runs; }
   read -r p f < <(sed -n "s/^$name: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p" "reports/$name.log" | tail -n 1)
   add "${p:-0}" "${f:-1}"
 }
@@ -63,8 +102,9 @@ else
 fi
 
 echo "== load smoke (goose REST + AMQP pipeline gates, floor SLA profile, seconds)"
+touch reports/load-smoke.log.start
 scripts/load-smoke.sh 2>&1 | tee reports/load-smoke.log | tail -n 20
-[ "${PIPESTATUS[0]}" = 0 ] || status=1
+[ "${PIPESTATUS[0]}" = 0 ] || { status=1; evidence "load smoke" reports/load-smoke.log reports/load; }
 read -r p f < <(sed -n 's/^load-smoke: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' reports/load-smoke.log | tail -n 1)
 add "${p:-0}" "${f:-1}"
 
@@ -72,13 +112,15 @@ if [ -n "${QA_OFFLINE:-}" ]; then
   echo "== deployment artifacts: hadolint/pip checks skipped (QA_OFFLINE set); schemas were checked offline by cargo test"
 elif [ -x scripts/validate-deploy.sh ]; then
   echo "== deployment artifacts (offline validation)"
+  touch reports/validate-deploy.log.start
   scripts/validate-deploy.sh 2>&1 | tee reports/validate-deploy.log | tail -n 15
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  [ "${PIPESTATUS[0]}" = 0 ] || { status=1; evidence "deployment validation" reports/validate-deploy.log; }
   read -r p f < <(sed -n 's/^validate-deploy: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' reports/validate-deploy.log | tail -n 1)
   add "${p:-0}" "${f:-1}"
 fi
 
 echo "== wall time: $(( $(date +%s) - start )) s"
+[ "${#failed_parts[@]}" -gt 0 ] && echo "== failed: ${failed_parts[*]}; every log and report is kept under reports/"
 [ "$failed" -gt 0 ] && status=1
 echo "$passed passed, $failed failed"
 exit $status
