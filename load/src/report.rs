@@ -506,12 +506,21 @@ pub fn html_page(r: &RunReport) -> anyhow::Result<String> {
         }
         h.push_str("</table>\n<h2>Plots</h2>\n");
         for (name, l) in &r.latencies {
-            if l.summary.raw.count == 0 {
+            // No empty plots: a measurement without samples gets none, and one shorter than two
+            // seconds no over-time plot (one point is not a line).
+            if l.summary.raw.count == 0 || l.distribution.is_empty() {
                 continue;
             }
+            let limit = latency_limit(r, name);
+            let text = limit.map(|(ms, key)| format!("SLA {key}: p99 <= {} ms", fmt_num(ms)));
+            let limit = limit.zip(text.as_deref()).map(|((ms, _), t)| (ms, t));
             let _ = writeln!(h, "<h3>{}</h3>\n<div class=\"plots\">", xml(name));
-            h.push_str(&crate::plots::histogram_svg(&format!("{name}: distribution"), &l.distribution)?);
-            h.push_str(&crate::plots::over_time_svg(&format!("{name}: over time"), &l.series)?);
+            h.push_str(&crate::plots::histogram_svg(&format!("{name}: distribution"), &l.distribution, limit)?);
+            if l.series.len() >= 2 {
+                h.push_str(&crate::plots::over_time_svg(&format!("{name}: over time"), &l.series, limit)?);
+            } else {
+                h.push_str("<p>(under two seconds of samples: no over-time plot)</p>");
+            }
             h.push_str("</div>\n");
         }
     }
@@ -528,6 +537,19 @@ pub fn html_page(r: &RunReport) -> anyhow::Result<String> {
     }
     h.push_str("</body></html>\n");
     Ok(h)
+}
+
+/// The SLA p99 threshold (ms) that applies to a latency measurement, with its key: REST
+/// measurements take `rest_p99`, the pipeline's publish → DB rows take `sensor_to_db_p99`.
+fn latency_limit(r: &RunReport, name: &str) -> Option<(f64, &'static str)> {
+    let key = if name.starts_with("rest") || name.contains("latest") || name.contains("history") {
+        "rest_p99"
+    } else if name.contains("DB rows") {
+        "sensor_to_db_p99"
+    } else {
+        return None;
+    };
+    r.gates.iter().find(|g| g.key == key && g.threshold.unit == crate::sla::Unit::Ms).map(|g| (g.threshold.value, key))
 }
 
 /// The console table printed at the end of a run.
@@ -644,7 +666,8 @@ mod tests {
         let r = report();
         let h = html_page(&r).unwrap();
         assert!(h.contains("SLA FAIL: 1 passed, 1 failed, 1 skipped"));
-        assert_eq!(h.matches("<svg").count(), 2, "histogram and over-time plot");
+        assert_eq!(h.matches("<svg").count(), 1, "a histogram; one second of samples gives no over-time plot");
+        assert!(h.contains("no over-time plot"));
         assert!(r.failed_gates() == vec!["bad<gate>"]);
         assert!(console_table(&r).contains("FAIL"));
     }
