@@ -11,10 +11,44 @@ params = {
  'malformation': '(?:not JSON|schema version 2|no sensor_id|a NaN sample|an infinite sample|sample rate 12345|an oversized payload|invalid base64|a partial frame|an invalid message_id|3 channels|a sample beyond full scale|a capture time an hour ahead|a capture time in 1970|a message_id property that differs from the body|the x-schema header of Feature A|content type text/plain|gzip content encoding|a sensor id of 600 multi-byte characters|11 seconds of audio)',
 }
 steps=[]
+bodies={}
 for f in sorted(glob.glob('steps/tests/cucumber/steps/*.rs')):
     domain=os.path.basename(f)[:-3]
-    for m in re.finditer(r'#\[(given|when|then)\(\s*(?:expr = )?"((?:[^"\\]|\\.)*)"\s*\)\]', open(f).read()):
-        steps.append((domain, m.group(1), m.group(2).replace('\\"','"')))
+    text=open(f).read()
+    attrs=list(re.finditer(r'#\[(given|when|then)\(\s*(?:expr = )?"((?:[^"\\]|\\.)*)"\s*\)\]', text))
+    for i,m in enumerate(attrs):
+        expr=m.group(2).replace('\\"','"')
+        steps.append((domain, m.group(1), expr))
+        # The step's code: from its attribute to the next step attribute (stacked attributes share it).
+        nxt=next((a.start() for a in attrs[i+1:] if text[m.end():a.start()].strip()), len(text))
+        bodies[(domain,expr)]=text[m.end():nxt]
+
+def semantics(kw, expr, body):
+    """What a step compares and how long it waits, read from its code."""
+    said=[]
+    if 'NumSpec' in body or 'tolerance' in body.lower() or 'json_match' in body:
+        said.append('numbers within the string\'s tolerance (`440 ± 2`, `± 0.5%`; a bare number is exact)')
+    elif 'at least' in expr:
+        said.append('at least: the bound is inclusive')
+    elif 'at most' in expr or 'within {int} ms' in expr:
+        said.append('at most: the bound is inclusive')
+    elif kw=='then' and 'none_within(' not in body and 'never(' not in body:
+        said.append('exact')
+    if 'from {string} to {string}' in expr:
+        said.append('`from` inclusive, `to` exclusive (contract)')
+    if 'exactly_features(' in body:
+        said.append('waits for N (up to QA_DEADLINE_MS), then QA_SETTLE_MS (400 ms) for one more')
+    elif 'none_within(' in body or 'never(' in body:
+        said.append('watches for the whole duration and fails at the first match')
+    elif 'eventually' in expr or 'eventually(' in body:
+        said.append('retries until it holds, up to QA_DEADLINE_MS (local 15 s, external 20 s)')
+    elif 'wait_features(' in body or '.wait_for(' in body:
+        said.append('waits for the message(s) up to QA_DEADLINE_MS (local 15 s, external 20 s), then checks them once')
+    elif kw=='then':
+        said.append('checked once, no retry')
+    else:
+        said.append('done once' + ('; publishes with broker confirms' if 'publish' in body else ''))
+    return '; '.join(said)
 lines=[l.strip() for f in sorted(glob.glob('features/*.feature')) for l in open(f)]
 def to_re(expr):
     out=''; i=0
@@ -30,7 +64,8 @@ def to_re(expr):
         out+=re.escape(c); i+=1
     return '^(?:Given|When|Then|And|But) '+out+'$'
 doc=['# Step vocabulary','','Every step sentence the suite understands, by domain, with an example from `features/`.',
-'A test (`cargo test -p steps`) fails when a step in code is missing here; regenerate with `python3 scripts/gen-step-vocabulary.py`.','',
+'A test (`cargo test -p steps`) fails when a step in code is missing here; regenerate with `python3 scripts/gen-step-vocabulary.py`.',
+'The semantics column is read from each step\'s code: what it compares (exact, a tolerance, an inclusive bound) and how long it waits. A step no definition matches makes the run print the nearest ones from this page.','',
 '## Parameters','','| parameter | matches | example |','|---|---|---|',
 '| `{string}` | text in double quotes | `"mic"` |','| `{int}` / `{float}` | numbers | `3`, `0.9` |','| `{word}` | one word | `dominant_frequency_hz` |',
 '| `{signal}` | `silence`, `white noise at amplitude A`, `F Hz sine at amplitude A`, `F Hz sine clipped at gain G` | `440 Hz sine at amplitude 0.5` |',
@@ -44,13 +79,33 @@ doc=['# Step vocabulary','','Every step sentence the suite understands, by domai
 'Scenarios tagged `@fuzz` publish a seeded hostile corpus (`fixtures/fuzz/operators.toml`); the external profile skips them unless `QA_EXTERNAL_FUZZ=1`. `QA_FUZZ_SEED` (a number or `random`), `QA_FUZZ_INPUTS` and `QA_FUZZ_ONLY` override the seed, the count and the inputs; a failure prints the command that replays it.','']
 missing=[]
 for domain in sorted(set(d for d,_,_ in steps)):
-    doc += ['## '+domain, '', '| keyword | step | example |', '|---|---|---|']
+    doc += ['## '+domain, '', '| keyword | step | example | semantics |', '|---|---|---|---|']
     for d,kw,expr in steps:
         if d!=domain: continue
         rx=re.compile(to_re(expr))
         ex=next((l for l in lines if rx.match(l)), None)
         if ex is None: missing.append(expr)
-        doc.append('| %s | `%s` | %s |'%(kw.capitalize(), expr.replace('|','\\|'), ('`'+ex.replace('|','\\|')+'`') if ex else '(no example yet)'))
+        doc.append('| %s | `%s` | %s | %s |'%(kw.capitalize(), expr.replace('|','\\|'), ('`'+ex.replace('|','\\|')+'`') if ex else '(no example yet)', semantics(kw, expr, bodies[(domain,expr)]).replace('|','\\|')))
     doc.append('')
+# Example bodies of every API response, captured from a real `pipeline live` by
+# scripts/capture-api-examples.sh (a subsection: the sections above are the step files' domains).
+import json
+try:
+    examples=json.load(open('features/api-responses.json'))
+except FileNotFoundError:
+    examples=[]
+if examples:
+    section=['### API responses (real bodies, captured by `scripts/capture-api-examples.sh`)','',
+             'What the `the response …` steps look at. History pages are cut to their first item; times are UTC.','']
+    for e in examples:
+        body=e['body']
+        if isinstance(body, dict) and isinstance(body.get('items'), list):
+            body=dict(body, items=body['items'][:1])
+        section += ['`%s` → **%s**%s'%(e['request'], e['status'], ''.join(', `%s: %s`'%(k,v) for k,v in e.get('headers',{}).items())), '',
+                    '```json', json.dumps(body, indent=2, ensure_ascii=False) if not isinstance(body,str) else body, '```', '']
+    at=doc.index('## Parameters')
+    # After the Parameters section's notes, before the first domain.
+    first_domain=next(i for i,l in enumerate(doc) if l.startswith('## ') and i>at)
+    doc[first_domain:first_domain]=section
 open('features/README.md','w').write('\n'.join(doc))
 print(len(steps),'steps;', 'unused:', missing)
