@@ -22,7 +22,7 @@ APT_PACKAGES    := build-essential pkg-config git curl ca-certificates python3 p
                    rabbitmq-server postgresql postgresql-client
 
 .PHONY: help install infra-up infra-down infra-status run test test-unit bdd bdd-smoke \
-        bdd-component bdd-integration bdd-security bdd-contract bdd-chaos fuzz fuzz-deep coverage lint format \
+        bdd-component bdd-integration bdd-security bdd-contract bdd-chaos chaos-nightly fuzz fuzz-deep coverage lint format \
         audit load-smoke load-sla load-spec load-distributed-test load-scale load-bench bench live validate-deploy docker-build
 
 help: ## Show this help
@@ -78,8 +78,11 @@ bdd-security: ## Behaviour suite, @security scenarios
 bdd-contract: ## Behaviour suite, @contract scenarios
 	$(BDD) -- --tags @contract
 
-bdd-chaos: ## Behaviour suite, @chaos scenarios
-	$(BDD) -- --tags @chaos
+bdd-chaos: ## Chaos suite, the fast subset CI runs (private broker and database, fault proxies)
+	$(BDD) -- --tags "@chaos and not @nightly"
+
+chaos-nightly: ## Chaos suite, every scenario (the nightly job): ~12 minutes
+	QA_NIGHTLY=1 $(BDD) -- --tags @chaos
 
 fuzz: ## Hostile input, fixed seed (what CI runs): 600 inputs over the three channels
 	$(BDD) -- --tags @fuzz

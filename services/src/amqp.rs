@@ -202,7 +202,12 @@ impl Backoff {
     }
     /// The reconnect backoff the settings ask for (the fault switch turns jitter off).
     pub fn for_settings(amqp: &crate::config::AmqpSettings) -> Self {
-        let mut b = Self::new(Duration::from_millis(amqp.reconnect_min_ms), Duration::from_millis(amqp.reconnect_max_ms));
+        let mut max = Duration::from_millis(amqp.reconnect_max_ms);
+        if amqp.fault_backoff_no_reset {
+            // The defect as it was: the old 5 s ceiling too.
+            max = max.max(Duration::from_secs(5));
+        }
+        let mut b = Self::new(Duration::from_millis(amqp.reconnect_min_ms), max);
         b.jitter = !amqp.fault_backoff_no_reset;
         b
     }

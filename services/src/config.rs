@@ -162,7 +162,7 @@ impl Default for DataWriterSettings {
             fault_retry_rejected: false,
             fault_unbounded_processed_by: false,
             write_timeout_ms: 5_000,
-            connect_timeout_ms: 3_000,
+            connect_timeout_ms: 1_500,
             keepalive_idle_ms: 5_000,
             shutdown_timeout_ms: 10_000,
             fault_no_deadlines: false,

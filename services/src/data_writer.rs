@@ -281,7 +281,7 @@ impl Deadlines {
         match self.write {
             None => work.await,
             Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
-                Err(crate::db::DbError::Schema(format!(
+                Err(crate::db::DbError::Timeout(format!(
                     "{what} took longer than {} ms; the connection is abandoned",
                     limit.as_millis()
                 )))

@@ -31,9 +31,17 @@ pub enum DbError {
     OutOfRange { column: &'static str, detail: String },
     #[error("{0}")]
     Schema(String),
+    /// A deadline of ours expired (the server may never have heard of the request).
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl DbError {
+    /// Whether this is one of our own connect/statement deadlines expiring.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, DbError::Timeout(_))
+    }
+
     /// Whether the database refused the data itself (a data exception, an integrity or a size
     /// violation): retrying the same rows can never succeed, unlike a lost connection.
     pub fn is_refusal(&self) -> bool {
@@ -42,7 +50,7 @@ impl DbError {
             DbError::Postgres(e) => {
                 e.code().is_some_and(|c| ["22", "23", "54"].iter().any(|class| c.code().starts_with(class)))
             }
-            DbError::Schema(_) => false,
+            DbError::Schema(_) | DbError::Timeout(_) => false,
         }
     }
 }
@@ -82,6 +90,11 @@ pub async fn connect(
         match connect_once(url, liveness).await {
             Ok(client) => return Some(client),
             Err(e) => {
+                // An attempt that timed out has already waited its whole timeout: the next one
+                // goes at once (the link may just have healed), not after a growing delay.
+                if e.is_timeout() {
+                    backoff.reset();
+                }
                 let delay = backoff.next_delay();
                 crate::metrics::reconnect("database", "database_unreachable");
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database unreachable");
@@ -108,7 +121,7 @@ async fn connect_once(url: &str, liveness: Liveness) -> Result<Client, DbError> 
     let (client, connection) = match liveness.connect_timeout {
         Some(t) => tokio::time::timeout(t, connecting)
             .await
-            .map_err(|_| DbError::Schema(format!("connect timed out after {} ms", t.as_millis())))??,
+            .map_err(|_| DbError::Timeout(format!("connect timed out after {} ms", t.as_millis())))??,
         None => connecting.await?,
     };
     tokio::spawn(async move {
@@ -122,7 +135,7 @@ async fn connect_once(url: &str, liveness: Liveness) -> Result<Client, DbError> 
         match liveness.connect_timeout {
             Some(bound) => tokio::time::timeout(bound, set)
                 .await
-                .map_err(|_| DbError::Schema("SET statement_timeout timed out".into()))??,
+                .map_err(|_| DbError::Timeout("SET statement_timeout timed out".into()))??,
             None => set.await?,
         }
     }

@@ -245,7 +245,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     conns.spawn(serve(client, shared.clone()));
                 }
                 Err(e) => {
-                    eprintln!("fault proxy {}: accept failed: {e}", shared.name);
+                    tracing::debug!(link = %shared.name, error = %e, "fault proxy: accept failed");
                     // Not a synchronisation: out of descriptors or the like; retrying at once
                     // would spin.
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -307,11 +307,11 @@ async fn serve(mut client: TcpStream, shared: Arc<Shared>) {
     let upstream = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(shared.upstream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            eprintln!("fault proxy {}: upstream {} refused: {e}", shared.name, shared.upstream);
+            tracing::debug!(link = %shared.name, upstream = %shared.upstream, error = %e, "fault proxy: upstream refused");
             return rst(client);
         }
         Err(_) => {
-            eprintln!("fault proxy {}: upstream {} did not answer within 5 s", shared.name, shared.upstream);
+            tracing::debug!(link = %shared.name, upstream = %shared.upstream, "fault proxy: upstream did not answer within 5 s");
             return rst(client);
         }
     };

@@ -7,7 +7,10 @@
 //! writes JUnit, Cucumber JSON and the HTML report with the error as a failure, and says what
 //! failed, where, why and what to try. `--input <file or glob>` is taken relative to the checkout. Undefined or skipped steps fail the run. In the
 //! external profile, scenarios tagged `@needs-sut-control` (no adapter there) and, unless
-//! `QA_EXTERNAL_WRITES_DB` is set, `@writes-db` are filtered out with a printed reason.
+//! `QA_EXTERNAL_WRITES_DB` is set, `@writes-db` are filtered out with a printed reason. In any
+//! profile `@nightly` scenarios (the long chaos experiments) run only with `QA_NIGHTLY=1` or when
+//! selected by `--name`/`--tags`, and `@chaos @serial` ones are skipped, saying why, where no
+//! private RabbitMQ node or PostgreSQL cluster can start.
 //!
 //! Every location is found at run time (`harness::paths`): the checkout from the working
 //! directory or `QA_ROOT`, the features from `QA_FEATURES`, the reports from `QA_REPORT_DIR`.
@@ -34,6 +37,8 @@ static FAILED: AtomicUsize = AtomicUsize::new(0);
 static FILTERED_CONTROL: AtomicUsize = AtomicUsize::new(0);
 static FILTERED_WRITES: AtomicUsize = AtomicUsize::new(0);
 static FILTERED_FUZZ: AtomicUsize = AtomicUsize::new(0);
+static FILTERED_NIGHTLY: AtomicUsize = AtomicUsize::new(0);
+static FILTERED_CHAOS: AtomicUsize = AtomicUsize::new(0);
 static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// The checkout being tested (found at run time).
@@ -66,6 +71,11 @@ async fn main() -> ExitCode {
     let features = harness::paths::features(&root);
     let writes_db = config.external_writes_db;
     let external_fuzz = harness::config::flag("QA_EXTERNAL_FUZZ");
+    // @nightly scenarios (the long chaos experiments) run in the nightly job, or when named.
+    let nightly = harness::config::flag("QA_NIGHTLY");
+    // @chaos needs a private RabbitMQ node and PostgreSQL cluster: where they cannot start, say why.
+    let chaos_unavailable = harness::chaos::unavailable();
+    let chaos_blocked = chaos_unavailable.is_some();
 
     let profile = config.profile;
     let endpoints = harness::report::startup::Endpoints {
@@ -168,6 +178,14 @@ async fn main() -> ExitCode {
                 FILTERED_FUZZ.fetch_add(1, Ordering::SeqCst);
                 return false;
             }
+            if tagged("nightly") && !nightly && cli_name.is_none() && cli_tags.is_none() {
+                FILTERED_NIGHTLY.fetch_add(1, Ordering::SeqCst);
+                return false;
+            }
+            if !external && tagged("chaos") && tagged("serial") && chaos_blocked {
+                FILTERED_CHAOS.fetch_add(1, Ordering::SeqCst);
+                return false;
+            }
             true
         })
         .await;
@@ -201,6 +219,18 @@ async fn main() -> ExitCode {
         );
         let _ = std::fs::write(report_dir.join("fuzz.json"), serde_json::to_vec_pretty(&fuzz).unwrap_or_default());
     }
+    let (filtered_nightly, filtered_chaos) =
+        (FILTERED_NIGHTLY.load(Ordering::SeqCst), FILTERED_CHAOS.load(Ordering::SeqCst));
+    let chaos_why = format!(
+        "tagged @chaos: no private RabbitMQ node / PostgreSQL cluster can start here ({})",
+        chaos_unavailable.as_deref().unwrap_or("")
+    );
+    if filtered_nightly > 0 {
+        println!("skipped {filtered_nightly} scenario(s) tagged @nightly (QA_NIGHTLY=1, or name them with --name/--tags)");
+    }
+    if filtered_chaos > 0 {
+        println!("skipped {filtered_chaos} scenario(s) {chaos_why}");
+    }
     if filtered_writes > 0 {
         println!(
             "skipped {filtered_writes} scenario(s) tagged @writes-db: they INSERT seed rows into the deployment's database (set QA_EXTERNAL_WRITES_DB=1 to allow it)"
@@ -212,6 +242,8 @@ async fn main() -> ExitCode {
         (filtered_control, "tagged @needs-sut-control (the external profile cannot control processes)"),
         (filtered_writes, "tagged @writes-db (set QA_EXTERNAL_WRITES_DB=1 to allow it)"),
         (filtered_fuzz, "tagged @fuzz (set QA_EXTERNAL_FUZZ=1 to allow it)"),
+        (filtered_nightly, "tagged @nightly (QA_NIGHTLY=1 runs them)"),
+        (filtered_chaos, chaos_why.as_str()),
     ] {
         if n > 0 {
             run.filtered.push(format!("{n} scenario(s) skipped: {why}"));
@@ -226,7 +258,8 @@ async fn main() -> ExitCode {
     write_run_reports(&report_dir, &cucumber_dir, &run);
     let passed = PASSED.load(Ordering::SeqCst);
     let failed = FAILED.load(Ordering::SeqCst) + parse_errors;
-    write_summary(&cucumber_dir, passed, failed, filtered_control + filtered_writes + filtered_fuzz, started);
+    let filtered = filtered_control + filtered_writes + filtered_fuzz + filtered_nightly + filtered_chaos;
+    write_summary(&cucumber_dir, passed, failed, filtered, started);
     println!("reports: {}", cucumber_dir.display());
     println!("HTML report: {}", report_dir.join("report.html").display());
     println!("behaviour suite wall time: {:.1}s", started.elapsed().as_secs_f64());

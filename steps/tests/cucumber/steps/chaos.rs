@@ -378,7 +378,11 @@ async fn check_ledger(w: &mut World, within: Duration, max_wait: Option<Duration
     let verdict = checker::check(&confirmed, &expect, &observed);
     let canary = observe::canary(p, &w.sensor("canary"), Duration::from_secs(20)).await;
     let metrics = p.metrics_snapshot().await;
-    let recovery = verdict.recovery.map_or("n/a (no fault ended)".into(), |r| format!("{:.2} s", r.as_secs_f64()));
+    let recovery = match (expect.fault_end, verdict.recovery) {
+        (None, _) => "n/a (no fault)".to_string(),
+        (Some(_), None) => "n/a (no row written after the fault ended)".to_string(),
+        (Some(_), Some(r)) => format!("{:.2} s", r.as_secs_f64()),
+    };
     let faults = p.faults.lock().expect("faults lock").clone();
     let summary = format!(
         "chaos: {} confirmed chunks, {} lost, {} duplicated, {} unexpected; recovery {recovery} after {:?}; max wait {:.1} s",
