@@ -5,8 +5,8 @@
 //! bundles + lineage to `reports/runs/<run id>/` (and points `reports/latest` at it), then prints
 //! `N passed, N failed` for the scenarios and tears everything down. A start that fails still
 //! writes JUnit, Cucumber JSON and the HTML report with the error as a failure, and says what
-//! failed, where, why and what to try. `--input <file or glob>` is taken relative to the checkout. Undefined or skipped steps fail the run. In the
-//! external profile, scenarios tagged `@needs-sut-control` (no adapter there) and, unless
+//! failed, where, why and what to try. `--input <file or glob>` is taken relative to the
+//! checkout. Undefined or skipped steps fail the run. In the external profile, scenarios tagged `@needs-sut-control` (no adapter there) and, unless
 //! `QA_EXTERNAL_WRITES_DB` is set, `@writes-db` are filtered out with a printed reason. In any
 //! profile `@nightly` scenarios (the long chaos experiments) run only with `QA_NIGHTLY=1` or when
 //! selected by `--name`/`--tags`, and `@chaos @serial` ones are skipped, saying why, where no
@@ -226,7 +226,9 @@ async fn main() -> ExitCode {
         chaos_unavailable.as_deref().unwrap_or("")
     );
     if filtered_nightly > 0 {
-        println!("skipped {filtered_nightly} scenario(s) tagged @nightly (QA_NIGHTLY=1, or name them with --name/--tags)");
+        println!(
+            "skipped {filtered_nightly} scenario(s) tagged @nightly (QA_NIGHTLY=1, or name them with --name/--tags)"
+        );
     }
     if filtered_chaos > 0 {
         println!("skipped {filtered_chaos} scenario(s) {chaos_why}");
