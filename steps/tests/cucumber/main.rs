@@ -6,8 +6,9 @@
 //! `N passed, N failed` for the scenarios and tears everything down. A start that fails still
 //! writes JUnit, Cucumber JSON and the HTML report with the error as a failure, and says what
 //! failed, where, why and what to try. `--input <file or glob>` is taken relative to the
-//! checkout. Undefined or skipped steps fail the run. In the external profile, scenarios tagged `@needs-sut-control` (no adapter there) and, unless
-//! `QA_EXTERNAL_WRITES_DB` is set, `@writes-db` are filtered out with a printed reason. In any
+//! checkout. Undefined or skipped steps fail the run. In the external profile, scenarios tagged
+//! `@needs-sut-control` (no adapter there) and, unless `QA_EXTERNAL_WRITES_DB` is set,
+//! `@writes-db` are filtered out with a printed reason. In any
 //! profile `@nightly` scenarios (the long chaos experiments) run only with `QA_NIGHTLY=1` or when
 //! selected by `--name`/`--tags`, and `@chaos @serial` ones are skipped, saying why, where no
 //! private RabbitMQ node or PostgreSQL cluster can start.
