@@ -197,13 +197,19 @@ async fn http_benches(
     let url = format!("{}{path}", live.url);
     let c = args.connections;
     eprintln!("bench: goose, {c} users, {secs} s, GET {url}");
+    let bar = crate::progress::timed("bench: goose", secs);
     let (goose_fig, _) = goose_http(&live.url, &live.token, path, c, secs, None, out).await?;
+    drop(bar);
     results.insert("goose".into(), serde_json::to_value(&goose_fig)?);
     if tools {
         eprintln!("bench: wrk, {c} connections, {secs} s");
+        let bar = crate::progress::timed("bench: wrk", secs);
         let wrk = wrk(&args.wrk, &url, &live.token, c, secs).await;
+        drop(bar);
         eprintln!("bench: Locust (HttpUser), {c} users, {secs} s");
+        let bar = crate::progress::timed("bench: Locust", secs);
         let locust = locust(&args.locust, &live.url, path, &live.token, c, secs, out).await;
+        drop(bar);
         let fmt = |r: &anyhow::Result<HttpFigure>| match r {
             Ok(f) => format!("{:.0} rps", f.rps),
             Err(e) => format!("unavailable ({e:#})"),
@@ -230,7 +236,9 @@ async fn http_benches(
             eprintln!("bench: (4) on separate cores unavailable ({missing}); goose on shared cores instead");
             let target = (goose_fig.rps / 2.0).max(1.0);
             eprintln!("bench: goose at 50% of max: {target:.0} rps, {secs} s");
+            let bar = crate::progress::timed("bench: goose at 50% of max", secs);
             let (fig, lat) = goose_http(&live.url, &live.token, path, c, secs, Some(target), out).await?;
+            drop(bar);
             let s = lat.summary();
             results.insert(
                 "latest_half_load".into(),
@@ -332,11 +340,15 @@ async fn pinned_half_load(
     let url = format!("{base}/v1/sensors/sensor-1/features/latest?type=A");
     let c = args.connections;
     eprintln!("bench: (4) API pinned to CPU 0; wrk pinned to CPU 1 for its max rate, {c} connections, {secs} s");
+    let bar = crate::progress::timed("bench: (4) wrk max rate", secs);
     let max = wrk_on(&["taskset", "-c", "1", args.wrk.as_str()], 1, &url, &live.token, c, secs).await?;
+    drop(bar);
     let rate = (max.rps / 2.0).round();
     eprintln!("bench: (4) oha pinned to CPU 1, {rate:.0} rps open-loop (50% of {:.0}), {secs} s", max.rps);
+    let bar = crate::progress::timed("bench: (4) oha, two runs", 2 * secs);
     let corrected = oha(&args.oha, &url, &live.token, c, secs, rate, true).await?;
     let raw = oha(&args.oha, &url, &live.token, c, secs, rate, false).await?;
+    drop(bar);
     let figures = json!({
         "generator": "oha, API and generator on separate cores",
         "max_rps_wrk": max.rps,

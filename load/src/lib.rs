@@ -19,6 +19,7 @@ pub mod dist;
 pub mod localapi;
 pub mod pipeline;
 pub mod plots;
+pub mod progress;
 pub mod publish;
 pub mod reconcile;
 pub mod report;

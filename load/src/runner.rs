@@ -157,6 +157,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<RunReport> {
     Ok(report)
 }
 
+/// goose's `--run-time` (`30`, `30s`, `5m`, `1h30m`) in seconds.
+fn run_time_secs(s: &str) -> Option<u64> {
+    let (mut total, mut n) = (0u64, String::new());
+    for c in s.trim().chars() {
+        match c {
+            '0'..='9' => n.push(c),
+            'h' | 'm' | 's' => {
+                let v: u64 = n.parse().ok()?;
+                total += v * match c {
+                    'h' => 3600,
+                    'm' => 60,
+                    _ => 1,
+                };
+                n.clear();
+            }
+            _ => return None,
+        }
+    }
+    if !n.is_empty() {
+        total += n.parse::<u64>().ok()?;
+    }
+    (total > 0).then_some(total)
+}
+
 fn push(report: &mut RunReport, gate: GateResult) {
     eprintln!(
         "[gate] {:<28} {:<5} observed {} vs {}  {}",
@@ -218,7 +242,10 @@ async fn rest_gates(cli: &Cli, sla: &Sla, out: &Path, report: &mut RunReport) ->
     let state = RestState::new(target.clone());
     let started = Instant::now();
     eprintln!("[load] REST: goose run (concurrent users) starting");
+    let bar =
+        config.run_time.as_deref().and_then(run_time_secs).map(|secs| crate::progress::timed("REST: goose run", secs));
     let metrics = attack::run(config, rest::scenarios(&state)?).await?;
+    drop(bar);
     let secs = started.elapsed().as_secs_f64();
     record_goose_run(report, &state, &metrics, secs);
     let rec = &state.recorder;
@@ -426,5 +453,16 @@ mod tests {
         };
         let g = goose_threshold_gate(&r);
         assert_eq!((g.verdict, g.name.as_str()), (Verdict::Fail, "goose --threshold p99<1ms"));
+    }
+}
+
+#[cfg(test)]
+mod run_time_tests {
+    #[test]
+    fn goose_run_times_in_seconds() {
+        assert_eq!(super::run_time_secs("30"), Some(30));
+        assert_eq!(super::run_time_secs("20s"), Some(20));
+        assert_eq!(super::run_time_secs("1h30m"), Some(5400));
+        assert_eq!(super::run_time_secs("soon"), None);
     }
 }
