@@ -235,13 +235,32 @@ async fn live(
     algorithm_b: usize,
     sensors: usize,
 ) -> Result<(), ServiceError> {
-    ensure_database(&settings.database.url).await?;
+    // A machine that is still starting its database (a fresh boot, a CI runner) is not an error:
+    // wait for it, saying so, up to a bound.
+    let waited = std::time::Instant::now();
+    loop {
+        match ensure_database(&settings.database.url).await {
+            Ok(()) => break,
+            Err(e) if waited.elapsed() < LIVE_START_WAIT => {
+                eprintln!("live: waiting for PostgreSQL ({e}); retrying for up to {} s", LIVE_START_WAIT.as_secs());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(ServiceError::Other(format!(
+                    "PostgreSQL did not accept connections within {} s: {e}",
+                    LIVE_START_WAIT.as_secs()
+                )));
+            }
+        }
+    }
+    // The schema before anything reads it (the API's cache refill and history queries).
+    crate::db::setup(&settings.database.url, crate::db::Idempotency::from_settings(&settings), &Default::default())
+        .await?;
     apply_live_defaults(&mut settings);
     if settings.rest_api.bind == crate::config::RestApiSettings::default().bind {
         settings.rest_api.bind = "127.0.0.1:0".into();
     }
     let mut tasks = tokio::task::JoinSet::new();
-    // The writer first, so the schema exists before the API queries it.
     {
         let (s, h, t) = (with_id(&settings, "data-writer-1"), Health::default(), shutdown.clone());
         tasks.spawn(async move { crate::data_writer::run(s, h, t).await });
@@ -279,6 +298,10 @@ async fn live(
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
+
+/// How long `pipeline live` waits for its database to accept connections at start-up (the
+/// components themselves reconnect with backoff forever).
+const LIVE_START_WAIT: Duration = Duration::from_secs(60);
 
 /// The token `pipeline live` prints and accepts when none is configured (every other way of
 /// starting the API refuses to start without `APQ_API_TOKENS`).

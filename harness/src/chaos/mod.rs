@@ -215,8 +215,6 @@ pub struct ChaosPipeline {
     pub tap: Tap,
     /// Its REST API, reached directly.
     pub api: ApiClient,
-    /// Its database on the private cluster (direct, for the checker).
-    pub db: Db,
     /// The AMQP URL through the publisher's proxy (the workload's).
     pub publisher_url: String,
     /// The rig's direct AMQP URL.
@@ -292,7 +290,6 @@ impl ChaosPipeline {
         let conn = amqp::connect(&rig.amqp_url, "qa-chaos-harness").await?;
         // Taps first: they declare the fanouts before anything is published.
         let tap = Tap::start(&rig.amqp_url, &names, Topology::Owned).await?;
-        let db = Db::connect(&database_url).await.context("connecting to the chaos database")?;
         let publisher_url = amqp_via(Link::Publisher);
         let mut p = ChaosPipeline {
             names,
@@ -300,7 +297,6 @@ impl ChaosPipeline {
             proxies,
             tap,
             api: ApiClient::new("http://127.0.0.1:1", None)?,
-            db,
             publisher_url,
             amqp_url: rig.amqp_url.clone(),
             faults: Arc::default(),
@@ -332,6 +328,22 @@ impl ChaosPipeline {
         let env = self.link_env.get(&link).with_context(|| format!("{} is not a broker link", link.name()))?;
         let ids = self.procs.start(component, 1, env).await?;
         ids.into_iter().next().context("no instance started")
+    }
+
+    /// A fresh direct connection to its database, retried for up to 30 s (the database may be
+    /// restarting: a fault of the scenario's own).
+    pub async fn db(&self) -> anyhow::Result<Db> {
+        let started = std::time::Instant::now();
+        loop {
+            match Db::connect(&self.database_url).await {
+                Ok(db) => return Ok(db),
+                Err(e) if started.elapsed() > Duration::from_secs(30) => {
+                    return Err(e.context("connecting to the chaos database (30 s)"));
+                }
+                // The database is coming back (after a stop or restart step): try again shortly.
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
     }
 
     /// The proxy of `link`.

@@ -25,8 +25,16 @@ pub async fn drain_and_observe(
 ) -> anyhow::Result<Observed> {
     let started = Instant::now();
     let ids: BTreeSet<Uuid> = confirmed.iter().map(|c| c.id).collect();
+    let mut db = p.db().await?;
     loop {
-        let rows = p.db.rows_for_sensor(sensor_id).await?;
+        let rows = match db.rows_for_sensor(sensor_id).await {
+            Ok(rows) => rows,
+            // The session died with a database restart: a new one, and look again.
+            Err(_) => {
+                db = p.db().await?;
+                continue;
+            }
+        };
         let letters = dead_letters(p, sensor_id);
         let settled = ids
             .iter()
@@ -44,7 +52,7 @@ pub async fn drain_and_observe(
     }
     // Rows that a duplicate would add land right after the originals: one more look later.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rows = p.db.rows_for_sensor(sensor_id).await?;
+    let rows = db.rows_for_sensor(sensor_id).await?;
     let mut observed = Observed { rows, dead_letters: dead_letters(p, sensor_id), ..Observed::default() };
     for m in p.tap.matching(|m| m.sensor_id() == Some(sensor_id)) {
         let (Some(src), Some(id)) = (m.str_field("/source_message_id"), m.str_field("/message_id")) else { continue };
@@ -57,7 +65,7 @@ pub async fn drain_and_observe(
         map.entry(src).or_default().insert(id.to_string());
     }
     observed.leftovers = leftovers(p, rig).await?;
-    observed.latest = latest(p, sensor_id).await?;
+    observed.latest = latest(p, &db, sensor_id).await?;
     observed.exited = p.procs.exited();
     Ok(observed)
 }
@@ -96,12 +104,16 @@ async fn leftovers(p: &ChaosPipeline, rig: &Rig) -> anyhow::Result<Vec<(String, 
 
 /// Per type: the API's latest message id against the database's newest row. The API's cache
 /// follows the broker, so a disagreement is retried for up to 3 s before it is reported.
-async fn latest(p: &ChaosPipeline, sensor_id: &str) -> anyhow::Result<Vec<(String, Option<Uuid>, Option<Uuid>)>> {
+async fn latest(
+    p: &ChaosPipeline,
+    db: &crate::sql::Db,
+    sensor_id: &str,
+) -> anyhow::Result<Vec<(String, Option<Uuid>, Option<Uuid>)>> {
     let mut out = Vec::new();
     for t in ["A", "B"] {
         let started = Instant::now();
         loop {
-            let db = p.db.newest_row(sensor_id, t).await?.map(|r| r.message_id);
+            let db = db.newest_row(sensor_id, t).await?.map(|r| r.message_id);
             let res = p.api.latest(sensor_id, t).await?;
             let api = if res.status == 200 {
                 res.json()?.get("message_id").and_then(|v| v.as_str()).and_then(|s| s.parse().ok())
@@ -122,11 +134,12 @@ async fn latest(p: &ChaosPipeline, sensor_id: &str) -> anyhow::Result<Vec<(Strin
 /// new traffic. Returns how long it took.
 pub async fn canary(p: &ChaosPipeline, canary_sensor: &str, limit: Duration) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let plan = Plan { sensor_id: canary_sensor.into(), count: 1, rate_per_sec: 0.0, chunk_ms: 100 };
+    let plan = Plan { sensor_id: canary_sensor.into(), count: 1, rate_per_sec: 0.0, chunk_ms: 100, publishers: 1 };
     let record = Workload::start(p.amqp_url.clone(), p.names.clone(), plan).finish(limit).await?;
     let id = record.confirmed.first().map(|c| c.id).ok_or_else(|| anyhow::anyhow!("the canary was not confirmed"))?;
+    let db = p.db().await?;
     loop {
-        let rows = p.db.rows_for_sensor(canary_sensor).await?;
+        let rows = db.rows_for_sensor(canary_sensor).await?;
         let types: BTreeSet<&str> =
             rows.iter().filter(|r| r.source_message_id == id).map(|r| r.feature_type.as_str()).collect();
         if types.len() == 2 {

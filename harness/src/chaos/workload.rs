@@ -66,6 +66,9 @@ pub struct Plan {
     pub rate_per_sec: f64,
     /// Chunk length.
     pub chunk_ms: u32,
+    /// Publishers in parallel, each with its own connection, taking every n-th sequence (more
+    /// than one only unpaced, to build a backlog; confirms then arrive out of sequence order).
+    pub publishers: usize,
 }
 
 impl Workload {
@@ -103,13 +106,33 @@ impl Workload {
 }
 
 async fn run(amqp_url: String, names: Names, plan: Plan, record: Arc<Mutex<Record>>) {
+    let t0 = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now is representable");
+    let n = plan.publishers.max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for first in 0..n {
+        let (url, names, plan, record) = (amqp_url.clone(), names.clone(), plan.clone(), record.clone());
+        tasks.spawn(publish_every(url, names, plan, record, t0, first as u64, n as u64));
+    }
+    while tasks.join_next().await.is_some() {}
+    record.lock().expect("record lock").confirmed.sort_by_key(|c| c.sequence);
+}
+
+/// One publisher: sequences `first`, `first + step`, … of the plan.
+async fn publish_every(
+    amqp_url: String,
+    names: Names,
+    plan: Plan,
+    record: Arc<Mutex<Record>>,
+    t0: DateTime<Utc>,
+    first: u64,
+    step: u64,
+) {
     let started = tokio::time::Instant::now();
     let period = (plan.rate_per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / plan.rate_per_sec));
-    let t0 = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now is representable");
     let signal = Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 };
     let frames = (16_000 * plan.chunk_ms / 1000) as usize;
     let mut channel: Option<(lapin::Connection, lapin::Channel)> = None;
-    for seq in 0..plan.count {
+    for seq in (first..plan.count).step_by(step as usize) {
         if let Some(p) = period {
             tokio::time::sleep_until(started + p * seq as u32).await;
         }

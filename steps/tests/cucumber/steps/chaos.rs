@@ -91,7 +91,9 @@ async fn burst(w: &mut World, count: u64, chunk_ms: u32, sensor: String) -> anyh
 fn start_workload(w: &mut World, count: u64, sensor: String, rate: f64, chunk_ms: u32) -> anyhow::Result<()> {
     let sensor_id = w.sensor(&sensor);
     let p = w.chaos.pipeline()?;
-    let plan = Plan { sensor_id: sensor_id.clone(), count, rate_per_sec: rate, chunk_ms };
+    // As fast as possible: eight publishers in parallel, so a backlog can form.
+    let publishers = if rate > 0.0 { 1 } else { 8 };
+    let plan = Plan { sensor_id: sensor_id.clone(), count, rate_per_sec: rate, chunk_ms, publishers };
     w.chaos.workload = Some(Workload::start(p.publisher_url.clone(), p.names.clone(), plan));
     w.chaos.sensor = sensor_id;
     Ok(())
@@ -184,7 +186,8 @@ async fn api_restart(w: &mut World) -> anyhow::Result<()> {
     let p = w.chaos.pipeline.as_mut().context("no chaos pipeline")?;
     // Every row is stored before the restart, so "latest" can only come from the database.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while p.db.rows_for_sensor(&sensor).await?.len() < 2 * confirmed.len() {
+    let db = p.db().await?;
+    while db.rows_for_sensor(&sensor).await?.len() < 2 * confirmed.len() {
         ensure!(std::time::Instant::now() < deadline, "the rows were not all stored within 30 s before the restart");
         // Polling the database, which pushes nothing.
         tokio::time::sleep(Duration::from_millis(200)).await;
