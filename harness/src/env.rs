@@ -269,7 +269,10 @@ impl Env {
     }
 
     /// A chaos pipeline named `slug` on the run's rig.
-    pub async fn chaos_pipeline(&self, slug: &str) -> anyhow::Result<(Arc<crate::chaos::Rig>, crate::chaos::ChaosPipeline)> {
+    pub async fn chaos_pipeline(
+        &self,
+        slug: &str,
+    ) -> anyhow::Result<(Arc<crate::chaos::Rig>, crate::chaos::ChaosPipeline)> {
         let rig = self.chaos_rig().await?;
         let p = crate::chaos::ChaosPipeline::start(&self.config, &rig, &self.run_id, slug).await?;
         Ok((rig, p))

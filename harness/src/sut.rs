@@ -338,7 +338,10 @@ pub struct LoggedProblem {
 /// Peak resident set (VmHWM) of a process in KiB, from `/proc/<pid>/status`; None once it is gone.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 pub fn logged_problems(dir: &std::path::Path) -> anyhow::Result<Vec<LoggedProblem>> {

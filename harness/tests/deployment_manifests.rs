@@ -430,7 +430,10 @@ fn every_deployment_is_scraped_by_prometheus_on_the_port_serving_metrics() {
             ));
         }
         let c = &seq(pod_spec(o).expect("pod spec"), &["containers"])[0];
-        if !seq(c, &["ports"]).iter().any(|cp| i(cp, &["containerPort"]).map(|p| p.to_string()).as_deref() == Some(port)) {
+        if !seq(c, &["ports"])
+            .iter()
+            .any(|cp| i(cp, &["containerPort"]).map(|p| p.to_string()).as_deref() == Some(port))
+        {
             problems.push(format!("{}: the scrape port {port} is not a declared containerPort", o.id()));
         }
     }

@@ -43,7 +43,8 @@ const CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub fn url_with_liveness(url: &str, heartbeat: Option<u16>, connect_timeout_ms: u64) -> String {
     let mut out = url.to_string();
     let mut add = |key: &str, value: String| {
-        let present = out.split_once('?').is_some_and(|(_, q)| q.split('&').any(|kv| kv.split('=').next() == Some(key)));
+        let present =
+            out.split_once('?').is_some_and(|(_, q)| q.split('&').any(|kv| kv.split('=').next() == Some(key)));
         if !present {
             out.push(if out.contains('?') { '&' } else { '?' });
             out.push_str(&format!("{key}={value}"));

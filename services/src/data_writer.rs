@@ -364,7 +364,10 @@ async fn isolate(
 ) -> Result<(), ServiceError> {
     let mut pending = taken.rows.into_iter().zip(taken.deliveries);
     while let Some((row, (feature_type, delivery))) = pending.next() {
-        match deadlines.bound("writing one row", crate::db::insert_prepared(db, insert, std::slice::from_ref(&row))).await {
+        match deadlines
+            .bound("writing one row", crate::db::insert_prepared(db, insert, std::slice::from_ref(&row)))
+            .await
+        {
             Ok(_) => acks.send(Settle::AckOne(delivery.acker.clone())),
             Err(e) if e.is_refusal() => {
                 let (ch, route) = if feature_type == FeatureType::A { &sinks.a } else { &sinks.b };

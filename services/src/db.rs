@@ -108,8 +108,7 @@ pub async fn connect(
 }
 
 async fn connect_once(url: &str, liveness: Liveness) -> Result<Client, DbError> {
-    let mut cfg: tokio_postgres::Config =
-        url.parse().map_err(|e| DbError::Schema(format!("bad database url: {e}")))?;
+    let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| DbError::Schema(format!("bad database url: {e}")))?;
     if let Some(t) = liveness.connect_timeout {
         cfg.connect_timeout(t);
     }

@@ -156,14 +156,18 @@ pub async fn serve_health(bind: &str, health: Health, shutdown: CancellationToke
             }),
         )
         .route(
-        "/readyz",
-        get(move || {
-            let h = health.clone();
-            async move {
-                if h.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
-            }
-        }),
-    );
+            "/readyz",
+            get(move || {
+                let h = health.clone();
+                async move {
+                    if h.is_ready() {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }
+            }),
+        );
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     });

@@ -122,7 +122,10 @@ impl Verdict {
         section("DEAD COMPONENTS".into(), self.dead_components.clone());
         section(
             format!("TOO SLOW ({})", self.slow.len()),
-            self.slow.iter().map(|(id, s, w)| format!("chunk {id} (sequence {s}) waited {w:.1} s for its rows")).collect(),
+            self.slow
+                .iter()
+                .map(|(id, s, w)| format!("chunk {id} (sequence {s}) waited {w:.1} s for its rows"))
+                .collect(),
         );
         out
     }
@@ -162,20 +165,22 @@ pub fn check(confirmed: &[Confirmed], expect: &Expect, observed: &Observed) -> V
                 letters[&c.id].iter().map(|(r, q)| format!("{} in {q}", r.as_deref().unwrap_or("no reason"))).collect();
             v.wrongly_dead_lettered.push((c.id, reasons.join(", ")));
         }
-        if na == 0 || nb == 0 {
-            if dl == 0 {
-                let saw_a = observed.feature_a_ids.contains_key(&c.id);
-                let saw_b = observed.feature_b_ids.contains_key(&c.id);
-                let stage = match (saw_a, saw_b, na, nb) {
-                    (false, _, _, _) => "stage Algorithm A: no Feature A was ever published for it".to_string(),
-                    (true, false, _, _) => "stage Algorithm B: Feature A published, no Feature B".to_string(),
-                    _ => format!("stage DataWriter: Feature A and B published, rows A {na} and B {nb}"),
-                };
-                v.lost.push((c.id, c.sequence, stage));
-            }
+        if (na == 0 || nb == 0) && dl == 0 {
+            let saw_a = observed.feature_a_ids.contains_key(&c.id);
+            let saw_b = observed.feature_b_ids.contains_key(&c.id);
+            let stage = match (saw_a, saw_b, na, nb) {
+                (false, _, _, _) => "stage Algorithm A: no Feature A was ever published for it".to_string(),
+                (true, false, _, _) => "stage Algorithm B: Feature A published, no Feature B".to_string(),
+                _ => format!("stage DataWriter: Feature A and B published, rows A {na} and B {nb}"),
+            };
+            v.lost.push((c.id, c.sequence, stage));
         }
         if na > 1 || nb > 1 {
-            v.duplicated.push((c.id, c.sequence, format!("stage DataWriter: rows A {na} and B {nb} (one each expected)")));
+            v.duplicated.push((
+                c.id,
+                c.sequence,
+                format!("stage DataWriter: rows A {na} and B {nb} (one each expected)"),
+            ));
         }
         for (kind, ids) in [("A", observed.feature_a_ids.get(&c.id)), ("B", observed.feature_b_ids.get(&c.id))] {
             if let Some(ids) = ids.filter(|ids| ids.len() > 1) {
@@ -303,7 +308,10 @@ mod tests {
         };
         let expect = Expect { poison: vec![p], ..Expect::default() };
         assert_eq!(check(&[sent(p, 0, t)], &expect, &twice).poison.len(), 1);
-        let once = Observed { dead_letters: vec![(Some(p), Some("invalid_json".into()), "q.dlq".into())], ..Observed::default() };
+        let once = Observed {
+            dead_letters: vec![(Some(p), Some("invalid_json".into()), "q.dlq".into())],
+            ..Observed::default()
+        };
         assert!(check(&[sent(p, 0, t)], &expect, &once).holds());
     }
 }

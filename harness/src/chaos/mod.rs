@@ -254,14 +254,23 @@ impl ChaosPipeline {
         }
         let amqp_via = |l: Link| format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxies[&l].port());
         let db_via = |l: Link| {
-            crate::env::with_database(&format!("postgres://postgres@127.0.0.1:{}/postgres", proxies[&l].port()), &db_name)
+            crate::env::with_database(
+                &format!("postgres://postgres@127.0.0.1:{}/postgres", proxies[&l].port()),
+                &db_name,
+            )
         };
         let mut link_env = BTreeMap::new();
         for l in Link::broker_links() {
             link_env.insert(l, vec![("APQ_AMQP_URL".to_string(), amqp_via(l))]);
         }
-        link_env.get_mut(&Link::WriterBroker).expect("a broker link").push(("APQ_DATABASE_URL".into(), db_via(Link::WriterDb)?));
-        link_env.get_mut(&Link::ApiBroker).expect("a broker link").push(("APQ_DATABASE_URL".into(), db_via(Link::ApiDb)?));
+        link_env
+            .get_mut(&Link::WriterBroker)
+            .expect("a broker link")
+            .push(("APQ_DATABASE_URL".into(), db_via(Link::WriterDb)?));
+        link_env
+            .get_mut(&Link::ApiBroker)
+            .expect("a broker link")
+            .push(("APQ_DATABASE_URL".into(), db_via(Link::ApiDb)?));
 
         let command = crate::env::sut_command(config)?;
         let mut migrate_env = crate::env::sut_env_overrides()?;
@@ -375,7 +384,10 @@ impl ChaosPipeline {
             .await
             .context("connecting to lock the features table")?;
         let task = tokio::spawn(connection);
-        client.batch_execute("BEGIN; LOCK TABLE features IN ACCESS EXCLUSIVE MODE").await.context("locking the features table")?;
+        client
+            .batch_execute("BEGIN; LOCK TABLE features IN ACCESS EXCLUSIVE MODE")
+            .await
+            .context("locking the features table")?;
         Ok(TableLock { client, task })
     }
 

@@ -138,7 +138,8 @@ async fn publish_every(
         }
         let samples = signal.render(16_000, 1, seq * frames as u64, frames);
         let captured_at = t0 + chrono::Duration::milliseconds((seq * plan.chunk_ms as u64) as i64);
-        let chunk = AudioChunk::from_samples(&plan.sensor_id, seq, captured_at, 16_000, 1, Encoding::PcmF32le, &samples);
+        let chunk =
+            AudioChunk::from_samples(&plan.sensor_id, seq, captured_at, 16_000, 1, Encoding::PcmF32le, &samples);
         let body = match serde_json::to_vec(&chunk) {
             Ok(b) => b,
             Err(e) => {
@@ -153,9 +154,10 @@ async fn publish_every(
             let outcome = async {
                 if channel.is_none() {
                     // A connect into a silent link would hang: bounded like the confirm.
-                    let conn = tokio::time::timeout(CONFIRM_TIMEOUT, crate::amqp::connect(&amqp_url, "qa-chaos-workload"))
-                        .await
-                        .map_err(|_| anyhow::anyhow!("no connection within {CONFIRM_TIMEOUT:?}"))??;
+                    let conn =
+                        tokio::time::timeout(CONFIRM_TIMEOUT, crate::amqp::connect(&amqp_url, "qa-chaos-workload"))
+                            .await
+                            .map_err(|_| anyhow::anyhow!("no connection within {CONFIRM_TIMEOUT:?}"))??;
                     let ch = confirm_channel(&conn).await?;
                     channel = Some((conn, ch));
                 }

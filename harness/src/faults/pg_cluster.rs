@@ -34,7 +34,9 @@ impl Binaries {
             Ok(d) => PathBuf::from(d),
             Err(_) => newest_debian_bindir()
                 .or_else(|| super::on_path("initdb").and_then(|p| p.parent().map(Path::to_path_buf)))
-                .ok_or("no initdb under /usr/lib/postgresql/*/bin nor on PATH (install postgresql, or set QA_PG_BINDIR)")?,
+                .ok_or(
+                    "no initdb under /usr/lib/postgresql/*/bin nor on PATH (install postgresql, or set QA_PG_BINDIR)",
+                )?,
         };
         let find = |name: &str| {
             super::executable(&dir.join(name)).ok_or_else(|| format!("no {} (QA_PG_BINDIR?)", dir.join(name).display()))
@@ -185,7 +187,12 @@ impl PrivatePostgres {
         let mut cmd = self.bin.command(&self.bin.pg_ctl);
         cmd.arg("-D").arg(self.data()).args(args).current_dir(&self.dir);
         run(cmd, what, COMMAND_DEADLINE).await.map(|_| ()).with_context(|| {
-            format!("private PostgreSQL on 127.0.0.1:{}; log {}:\n{}", self.port, self.log().display(), tail(&self.log(), 15))
+            format!(
+                "private PostgreSQL on 127.0.0.1:{}; log {}:\n{}",
+                self.port,
+                self.log().display(),
+                tail(&self.log(), 15)
+            )
         })
     }
 
@@ -230,8 +237,11 @@ impl PrivatePostgres {
 
     /// A crash (`pg_ctl stop -m immediate`: no checkpoint; the next start recovers from WAL).
     pub async fn stop_immediate(&mut self) -> anyhow::Result<()> {
-        self.pg_ctl(&["-m", "immediate", "-w", "-t", &PG_CTL_WAIT_SECS.to_string(), "stop"], "pg_ctl stop -m immediate")
-            .await?;
+        self.pg_ctl(
+            &["-m", "immediate", "-w", "-t", &PG_CTL_WAIT_SECS.to_string(), "stop"],
+            "pg_ctl stop -m immediate",
+        )
+        .await?;
         self.running = false;
         Ok(())
     }

@@ -330,7 +330,8 @@ impl PrivateRabbit {
             .is_ok_and(|r| r.is_ok())
         {
             if Instant::now() > deadline {
-                let ss = std::process::Command::new("ss").args(["-ltnp"]).output().map(|o| o.stdout).unwrap_or_default();
+                let ss =
+                    std::process::Command::new("ss").args(["-ltnp"]).output().map(|o| o.stdout).unwrap_or_default();
                 bail!(
                     "node {} was SIGKILLed but 127.0.0.1:{} still accepts for 10 s; listeners:\n{}",
                     self.node,

@@ -93,7 +93,8 @@ pub async fn latest(
     // A miss may only mean the cache never saw it (a restart, a broker gap): the database has
     // the answer, and the cache keeps it for the next request.
     let sensor = sensor_id.clone();
-    let stored = with_db(&state, |c| async move { crate::db::latest_message(&**c, &sensor, feature_type).await }).await?;
+    let stored =
+        with_db(&state, |c| async move { crate::db::latest_message(&**c, &sensor, feature_type).await }).await?;
     let Some(message) = stored else {
         return Err(ApiError::not_found(format!(
             "no Feature {} message has been stored for sensor {sensor_id}",

@@ -228,7 +228,9 @@ async fn link_latency(
     Ok(())
 }
 
-#[when(expr = "after {duration} the {link} link delays its replies by {int} ms for {duration}, then drops its connections")]
+#[when(
+    expr = "after {duration} the {link} link delays its replies by {int} ms for {duration}, then drops its connections"
+)]
 async fn delayed_then_reset(
     w: &mut World,
     after: DurationParam,
@@ -261,7 +263,12 @@ async fn delayed_then_reset(
 }
 
 #[when(expr = "after {duration} every component's broker connection is reset every {duration} for {duration}")]
-async fn reset_storm(w: &mut World, after: DurationParam, every: DurationParam, hold: DurationParam) -> anyhow::Result<()> {
+async fn reset_storm(
+    w: &mut World,
+    after: DurationParam,
+    every: DurationParam,
+    hold: DurationParam,
+) -> anyhow::Result<()> {
     lead_in(after).await;
     let p = w.chaos.pipeline()?;
     let i = p.fault_started(format!("every component's broker link: reset every {:?} for {:?}", every.0, hold.0));
@@ -410,9 +417,11 @@ async fn check_ledger(w: &mut World, within: Duration, max_wait: Option<Duration
     });
     let dir = w.env.report_dir().join("chaos");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name: String = w.scenario.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    let name: String =
+        w.scenario.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     let file = dir.join(format!("{}.json", name.trim_matches('-')));
-    std::fs::write(&file, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", file.display()))?;
+    std::fs::write(&file, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", file.display()))?;
     let holds = verdict.holds();
     let rendered = verdict.render();
     w.chaos.verdict = Some(verdict);
@@ -425,7 +434,12 @@ async fn check_ledger(w: &mut World, within: Duration, max_wait: Option<Duration
 async fn recovered_within(w: &mut World, bound: DurationParam) -> anyhow::Result<()> {
     let v = w.chaos.verdict.as_ref().context("check the ledger invariant first")?;
     let r = v.recovery.context("no row was written after the fault ended")?;
-    ensure!(r <= bound.0, "recovery took {:.2} s after the fault ended; expected at most {:?}", r.as_secs_f64(), bound.0);
+    ensure!(
+        r <= bound.0,
+        "recovery took {:.2} s after the fault ended; expected at most {:?}",
+        r.as_secs_f64(),
+        bound.0
+    );
     Ok(())
 }
 
@@ -440,7 +454,12 @@ async fn blocked_during_alarm(w: &mut World) -> anyhow::Result<()> {
         .filter(|c| c.confirmed > raised + grace && c.confirmed < cleared)
         .map(|c| format!("sequence {} at {}", c.sequence, c.confirmed))
         .collect();
-    ensure!(during.is_empty(), "publishers were not blocked by the memory alarm: {} confirmed during it: {:?}", during.len(), &during[..during.len().min(5)]);
+    ensure!(
+        during.is_empty(),
+        "publishers were not blocked by the memory alarm: {} confirmed during it: {:?}",
+        during.len(),
+        &during[..during.len().min(5)]
+    );
     ensure!(confirmed.iter().any(|c| c.confirmed > cleared), "nothing was confirmed after the alarm cleared");
     Ok(())
 }
