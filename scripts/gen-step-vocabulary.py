@@ -7,6 +7,7 @@ params = {
  'signal': r'(?:silence|white noise at amplitude [0-9.]+|[0-9.]+ Hz sine at amplitude [0-9.]+|[0-9.]+ Hz sine clipped at gain [0-9.]+)',
  'type': '[AB]', 'component': '(?:Algorithm A|Algorithm B|data writer|REST API)', 'duration': r'[0-9.]+ ?(?:ms|s)',
  'channel': '(?:audio stream|features_a fanout|features_b fanout)',
+ 'chunk_kind': '(?:silence then a tone|a tone that stops mid-chunk|a burst at the end|a tone of no whole number of periods|a tone over a DC offset|tones within a band)',
  'link': '(?:algorithm-a-1|algorithm-a-2|algorithm-b|writer-db|api-db|writer|api|publisher)',
  'malformation': '(?:not JSON|schema version 2|no sensor_id|a NaN sample|an infinite sample|sample rate 12345|an oversized payload|invalid base64|a partial frame|an invalid message_id|3 channels|a sample beyond full scale|a capture time an hour ahead|a capture time in 1970|a message_id property that differs from the body|the x-schema header of Feature A|content type text/plain|gzip content encoding|a sensor id of 600 multi-byte characters|11 seconds of audio)',
 }

@@ -6,6 +6,7 @@
 //!   (connections, pipelines, processes).
 //! - [`amqp`]: connect, publish, tap, delete — one file per verb.
 //! - [`sql`]: the SUT's table, read by contract; per-run databases.
+//! - [`history`]: an independent model of what a history request must return, page by page.
 //! - [`api`]: typed REST client recording the last exchange; [`http_raw`]: raw HTTP/1.1 over TCP
 //!   (malformed, trickled or idle requests) with deadlines.
 //! - [`eventually`]: the one retry primitive, with diagnostics and a convergence log.
@@ -19,6 +20,8 @@
 //! - [`chaos`]: pipelines on private servers behind fault proxies, a recording workload and the
 //!   ledger-invariant checker; [`faults`]: the proxies and private servers themselves.
 //! - [`ledger`]: lineage and reconciliation; [`report`]: failure bundles and run reports.
+//! - [`sensor`]: the SUT's sensor run through the adapter, and a tap that takes its chunks off a
+//!   private work queue with every AMQP property (issue #12).
 
 pub mod amqp;
 pub mod api;
@@ -28,12 +31,14 @@ pub mod env;
 pub mod eventually;
 pub mod faults;
 pub mod fuzz;
+pub mod history;
 pub mod http_raw;
 pub mod json_match;
 pub mod ledger;
 pub mod namespace;
 pub mod paths;
 pub mod report;
+pub mod sensor;
 pub mod signal;
 pub mod sql;
 pub mod sut;

@@ -57,6 +57,321 @@ impl Signal {
     }
 }
 
+/// Shapes of non-stationary chunks (issue #12): a DSP that looks at part of a chunk, or assumes
+/// whole periods, no DC or a steady level, gives other numbers for these than the contract's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChunkKind {
+    /// Silence, then a tone from a random point in the middle third on.
+    SilenceThenTone,
+    /// A tone that stops at a random point in the middle third.
+    ToneThenSilence,
+    /// Faint noise with a loud burst (tone or noise) in the last 5–15 % of the chunk.
+    BurstAtEnd,
+    /// A tone of no whole number of periods (and a random phase) in a chunk of odd length.
+    PartialPeriods,
+    /// A tone riding on a DC offset.
+    DcOffset,
+    /// Two or three tones inside a band (for "centroid within band").
+    TonesInBand,
+}
+
+impl ChunkKind {
+    pub const ALL: [ChunkKind; 6] = [
+        ChunkKind::SilenceThenTone,
+        ChunkKind::ToneThenSilence,
+        ChunkKind::BurstAtEnd,
+        ChunkKind::PartialPeriods,
+        ChunkKind::DcOffset,
+        ChunkKind::TonesInBand,
+    ];
+
+    /// How a scenario names it.
+    pub fn phrase(self) -> &'static str {
+        match self {
+            ChunkKind::SilenceThenTone => "silence then a tone",
+            ChunkKind::ToneThenSilence => "a tone that stops mid-chunk",
+            ChunkKind::BurstAtEnd => "a burst at the end",
+            ChunkKind::PartialPeriods => "a tone of no whole number of periods",
+            ChunkKind::DcOffset => "a tone over a DC offset",
+            ChunkKind::TonesInBand => "tones within a band",
+        }
+    }
+}
+
+impl std::str::FromStr for ChunkKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ChunkKind::ALL.into_iter().find(|k| k.phrase() == s).ok_or_else(|| {
+            let known: Vec<&str> = ChunkKind::ALL.iter().map(|k| k.phrase()).collect();
+            format!("unknown chunk kind {s:?}; known: {known:?}")
+        })
+    }
+}
+
+/// One generated chunk and what it was made of (for failure messages and band checks).
+#[derive(Debug, Clone)]
+pub struct GeneratedChunk {
+    /// Interleaved samples in [-1, 1].
+    pub samples: Vec<f32>,
+    pub sample_rate: u32,
+    pub channels: u16,
+    pub encoding: contract::Encoding,
+    /// What was generated, e.g. `silence for 812 frames, then 1234.5 Hz at 0.62 (1700 frames, 22050 Hz, stereo, s16)`.
+    pub description: String,
+    /// For tonal kinds: the lowest and highest tone frequency (the dominant frequency lies in it).
+    pub band: Option<(f64, f64)>,
+    /// Whether the spectral centroid lies in `band` too: not where an abrupt start or stop
+    /// spreads energy over the whole spectrum.
+    pub centroid_in_band: bool,
+}
+
+/// A random chunk of `kind` drawn from `rng` (reproducible from its seed): random sample rate,
+/// length (700–2400 frames: rarely a whole number of anything), channels (stereo: the second
+/// channel a scaled copy) and encoding (f32 or s16).
+pub fn random_chunk(kind: ChunkKind, rng: &mut rand::rngs::StdRng) -> GeneratedChunk {
+    use std::f64::consts::TAU;
+    let rates = [8000u32, 11025, 16000, 22050, 32000, 44100, 48000];
+    let sample_rate = rates[rng.random_range(0..rates.len())];
+    let sr = sample_rate as f64;
+    let frames: usize = rng.random_range(700..=2400);
+    let channels: u16 = if rng.random_bool(0.3) { 2 } else { 1 };
+    let encoding = if rng.random_bool(0.3) { contract::Encoding::PcmS16le } else { contract::Encoding::PcmF32le };
+    let bin = sr / frames as f64;
+    // Tones between 8 bins (clear of DC's leakage) and 40 % of Nyquist… of the rate.
+    let tone = |rng: &mut rand::rngs::StdRng| rng.random_range((8.0 * bin).max(100.0)..(0.4 * sr).min(6000.0));
+    let phase = rng.random_range(0.0..TAU);
+    let sine = |f: f64, a: f64, i: usize| a * (TAU * f * i as f64 / sr + phase).sin();
+    let mut mono = vec![0.0f64; frames];
+    let (what, band, centroid_in_band) = match kind {
+        ChunkKind::SilenceThenTone | ChunkKind::ToneThenSilence => {
+            let split = rng.random_range(frames / 3..=2 * frames / 3);
+            let (f, a) = (tone(rng), rng.random_range(0.2..0.9));
+            let tone_first = kind == ChunkKind::ToneThenSilence;
+            for (i, x) in mono.iter_mut().enumerate() {
+                if (i < split) == tone_first {
+                    *x = sine(f, a, i);
+                }
+            }
+            let what = if tone_first {
+                format!("{f:.1} Hz at {a:.2} for {split} frames, then silence")
+            } else {
+                format!("silence for {split} frames, then {f:.1} Hz at {a:.2}")
+            };
+            (what, Some((f, f)), false)
+        }
+        ChunkKind::BurstAtEnd => {
+            let floor = rng.random_range(0.002..0.02);
+            let len = (frames as f64 * rng.random_range(0.05..0.15)) as usize;
+            let start = frames - len.max(1);
+            let loud = rng.random_range(0.5..0.95);
+            let tonal = rng.random_bool(0.5);
+            let f = tone(rng);
+            for (i, x) in mono.iter_mut().enumerate() {
+                *x = if i >= start {
+                    if tonal { sine(f, loud, i) } else { loud * rng.random_range(-1.0..=1.0) }
+                } else {
+                    floor * rng.random_range(-1.0..=1.0)
+                };
+            }
+            let burst = if tonal { format!("{f:.1} Hz at {loud:.2}") } else { format!("noise at {loud:.2}") };
+            (format!("noise at {floor:.3}, then {burst} for the last {} frames", frames - start), None, false)
+        }
+        ChunkKind::PartialPeriods => {
+            // A frequency with a fractional number of periods in the chunk.
+            let periods = (tone(rng) * frames as f64 / sr).floor() + rng.random_range(0.2..0.8);
+            let f = periods * sr / frames as f64;
+            let a = rng.random_range(0.1..0.9);
+            for (i, x) in mono.iter_mut().enumerate() {
+                *x = sine(f, a, i);
+            }
+            (format!("{f:.2} Hz at {a:.2} ({periods:.2} periods, phase {phase:.2})"), Some((f, f)), true)
+        }
+        ChunkKind::DcOffset => {
+            let d: f64 = rng.random_range(0.05..0.3) * if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+            let a = rng.random_range((1.5 * d.abs()).max(0.2)..(0.95 - d.abs()));
+            let f = tone(rng);
+            for (i, x) in mono.iter_mut().enumerate() {
+                *x = d + sine(f, a, i);
+            }
+            (format!("{f:.1} Hz at {a:.2} over DC {d:+.3}"), Some((f, f)), false)
+        }
+        ChunkKind::TonesInBand => {
+            let lo = tone(rng).min(0.3 * sr);
+            let hi = (lo + rng.random_range(100.0..1500.0)).min(0.45 * sr);
+            let n = rng.random_range(2..=3);
+            let tones: Vec<(f64, f64)> =
+                (0..n).map(|_| (rng.random_range(lo..=hi), rng.random_range(0.1..0.3))).collect();
+            for (i, x) in mono.iter_mut().enumerate() {
+                *x = tones.iter().map(|&(f, a)| a * (TAU * f * i as f64 / sr).sin()).sum();
+            }
+            let lo_t = tones.iter().map(|t| t.0).fold(f64::MAX, f64::min);
+            let hi_t = tones.iter().map(|t| t.0).fold(f64::MIN, f64::max);
+            let list: Vec<String> = tones.iter().map(|(f, a)| format!("{f:.1} Hz at {a:.2}")).collect();
+            (list.join(" + "), Some((lo_t, hi_t)), true)
+        }
+    };
+    let gain2 = rng.random_range(0.3..1.0);
+    let samples: Vec<f32> = mono
+        .iter()
+        .flat_map(|&x| {
+            let x = x.clamp(-1.0, 1.0) as f32;
+            if channels == 2 { vec![x, (x as f64 * gain2) as f32] } else { vec![x] }
+        })
+        .collect();
+    let layout = if channels == 2 { format!("stereo, right ×{gain2:.2}") } else { "mono".into() };
+    let enc = match encoding {
+        contract::Encoding::PcmF32le => "f32",
+        contract::Encoding::PcmS16le => "s16",
+    };
+    GeneratedChunk {
+        samples,
+        sample_rate,
+        channels,
+        encoding,
+        description: format!("{what} ({frames} frames at {sample_rate} Hz, {layout}, {enc})"),
+        band,
+        centroid_in_band,
+    }
+}
+
+/// One field's tolerance from the contract's Defined-fields table (the tightest it names).
+#[derive(Debug, Clone, Copy)]
+pub struct FieldTolerance {
+    pub field: &'static str,
+    /// Absolute tolerance; 0 means exact (up to a few ULPs).
+    pub abs: f64,
+}
+
+/// Per field, the tightest tolerance `fixtures/contracts/README.md` (Defined fields) gives it.
+pub const CONTRACT_TOLERANCES: [FieldTolerance; 10] = [
+    FieldTolerance { field: "rms", abs: 0.001 },
+    FieldTolerance { field: "peak", abs: 0.0001 },
+    FieldTolerance { field: "rms_dbfs", abs: 0.05 },
+    FieldTolerance { field: "zero_crossing_rate", abs: 0.002 },
+    FieldTolerance { field: "spectral_centroid_hz", abs: 60.0 },
+    FieldTolerance { field: "dominant_frequency_hz", abs: 2.0 },
+    FieldTolerance { field: "spectral_flatness", abs: 0.15 },
+    FieldTolerance { field: "clipping_ratio", abs: 0.03 },
+    FieldTolerance { field: "duration_ms", abs: 0.1 },
+    FieldTolerance { field: "sample_count", abs: 0.0 },
+];
+
+/// Differences between a Feature A's `features` object and the harness's reference values, one
+/// line per field outside [`CONTRACT_TOLERANCES`].
+pub fn compare_with_reference(actual: &serde_json::Value, expected: &SignalFeatures) -> Vec<String> {
+    let want = serde_json::to_value(expected).expect("features serialise");
+    let mut out = Vec::new();
+    for t in CONTRACT_TOLERANCES {
+        let w = want[t.field].as_f64().unwrap_or(f64::NAN);
+        match actual.get(t.field).and_then(serde_json::Value::as_f64) {
+            None => out.push(format!("{}: missing or not a number", t.field)),
+            Some(a) => {
+                let ok = if t.abs == 0.0 { (a - w).abs() <= 1e-9 * w.abs().max(1.0) } else { (a - w).abs() <= t.abs };
+                if !ok {
+                    out.push(format!("{}: expected {w} ± {}, got {a} (off by {:.6})", t.field, t.abs, a - w));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Relations between a Feature A's own fields that hold for every input (contract, Defined
+/// fields), plus the band of a band-limited input: `rms_dbfs` = max(20·log10(rms), −120),
+/// `peak` ≥ `rms`, levels in [0, 1], rates in [0, 1], frequencies in [0, sr/2], silence has no
+/// spectrum, no clipping below 0.999, `duration_ms` = `sample_count`·1000/sr, `sample_count` = the
+/// chunk's frames; with a band: the dominant frequency inside it (± 1 bin), and with
+/// `centroid_in_band` the centroid too (± [`band_margin_hz`]).
+pub fn consistency_problems(
+    f: &serde_json::Value,
+    sample_rate: u32,
+    frames: u64,
+    band: Option<(f64, f64)>,
+    centroid_in_band: bool,
+) -> Vec<String> {
+    let g = |k: &str| f.get(k).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+    let (rms, peak, dbfs) = (g("rms"), g("peak"), g("rms_dbfs"));
+    let nyquist = sample_rate as f64 / 2.0;
+    let mut out = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            out.push(what);
+        }
+    };
+    let want_dbfs = if rms > 0.0 { (20.0 * rms.log10()).max(-120.0) } else { -120.0 };
+    check(
+        (dbfs - want_dbfs).abs() <= 0.05,
+        format!("rms_dbfs {dbfs} ≠ max(20·log10(rms {rms}), −120) = {want_dbfs:.4}"),
+    );
+    check(peak + 1e-12 >= rms, format!("peak {peak} < rms {rms}"));
+    check(
+        (0.0..=1.0).contains(&rms) && (0.0..=1.0).contains(&peak),
+        format!("levels out of [0, 1]: rms {rms}, peak {peak}"),
+    );
+    for k in ["zero_crossing_rate", "spectral_flatness", "clipping_ratio"] {
+        check((0.0..=1.0).contains(&g(k)), format!("{k} {} outside [0, 1]", g(k)));
+    }
+    for k in ["spectral_centroid_hz", "dominant_frequency_hz"] {
+        check(
+            (0.0..=nyquist).contains(&g(k)),
+            format!("{k} {} outside [0, {nyquist}] (sample rate {sample_rate})", g(k)),
+        );
+    }
+    if rms == 0.0 {
+        for k in ["spectral_centroid_hz", "dominant_frequency_hz", "spectral_flatness", "zero_crossing_rate"] {
+            check(g(k) == 0.0, format!("silence (rms 0) but {k} {}", g(k)));
+        }
+    }
+    if peak < 0.999 {
+        check(g("clipping_ratio") == 0.0, format!("peak {peak} < 0.999 but clipping_ratio {}", g("clipping_ratio")));
+    }
+    let count = g("sample_count");
+    check(count == frames as f64, format!("sample_count {count} ≠ the chunk's {frames} frames"));
+    let want_ms = count * 1000.0 / sample_rate as f64;
+    check(
+        (g("duration_ms") - want_ms).abs() <= 0.1,
+        format!("duration_ms {} ≠ sample_count·1000/sr = {want_ms:.3}", g("duration_ms")),
+    );
+    if let Some((lo, hi)) = band {
+        let bin = sample_rate as f64 / frames as f64;
+        let m = band_margin_hz(sample_rate, frames);
+        let c = g("spectral_centroid_hz");
+        check(
+            !centroid_in_band || (c >= lo - m && c <= hi + m),
+            format!("spectral_centroid_hz {c} outside the band [{lo:.1}, {hi:.1}] ± {m:.1} Hz"),
+        );
+        let d = g("dominant_frequency_hz");
+        check(
+            d >= lo - bin && d <= hi + bin,
+            format!("dominant_frequency_hz {d} outside the band [{lo:.1}, {hi:.1}] ± 1 bin ({bin:.1} Hz)"),
+        );
+    }
+    out
+}
+
+/// How far a magnitude-weighted centroid may leave the band of its tones: the contract's ± 60 Hz
+/// plus the Hann window's leakage, which grows with the bin width (3 bins).
+pub fn band_margin_hz(sample_rate: u32, frames: u64) -> f64 {
+    60.0 + 3.0 * sample_rate as f64 / frames as f64
+}
+
+/// Feature B's class and confidence for a Feature A's `features`, by the contract's rules
+/// (Algorithm B table), written here from the table alone.
+pub fn reference_classification(f: &serde_json::Value) -> Option<(&'static str, f64)> {
+    let g = |k: &str| f.get(k).and_then(serde_json::Value::as_f64);
+    let (dbfs, clip, flat) = (g("rms_dbfs")?, g("clipping_ratio")?, g("spectral_flatness")?);
+    let (class, confidence) = if dbfs < -60.0 {
+        ("silence", 0.5 + (-60.0 - dbfs) / 40.0)
+    } else if clip >= 0.05 {
+        ("clipping", 0.5 + (clip - 0.05) / (2.0 * 0.95) + 0.25)
+    } else if flat < 0.2 {
+        ("tone", 1.0 - 0.5 * flat / 0.2)
+    } else {
+        ("noise", 0.5 + (flat - 0.2) / (2.0 * (0.6 - 0.2)))
+    };
+    Some((class, confidence.clamp(0.5, 1.0)))
+}
+
 /// Reads a WAV file as interleaved floats in [-1, 1]: (samples, sample_rate, channels).
 pub fn read_wav(path: &std::path::Path) -> anyhow::Result<(Vec<f32>, u32, u16)> {
     let mut reader = hound::WavReader::open(path).with_context(|| format!("opening WAV {}", path.display()))?;
@@ -70,6 +385,16 @@ pub fn read_wav(path: &std::path::Path) -> anyhow::Result<(Vec<f32>, u32, u16)> 
     }
     .with_context(|| format!("decoding WAV {}", path.display()))?;
     Ok((samples, spec.sample_rate, spec.channels))
+}
+
+/// Writes interleaved samples in [-1, 1] as a 16-bit PCM WAV file (`round(x · 32767)`).
+pub fn write_wav_s16(path: &std::path::Path, samples: &[f32], sample_rate: u32, channels: u16) -> anyhow::Result<()> {
+    let spec = hound::WavSpec { channels, sample_rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut w = hound::WavWriter::create(path, spec).with_context(|| format!("creating WAV {}", path.display()))?;
+    for &s in samples {
+        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16)?;
+    }
+    w.finalize().with_context(|| format!("writing WAV {}", path.display()))
 }
 
 /// Feature A's numbers for interleaved samples, computed the contract's way by the harness: level
@@ -109,13 +434,21 @@ fn spectrum(x: &[f64], rate: f64) -> (f64, f64, f64) {
         .enumerate()
         .map(|(i, v)| v * (0.5 - 0.5 * (std::f64::consts::TAU * i as f64 / (n - 1) as f64).cos()))
         .collect();
+    // A plain O(n²) DFT over a table of the n twiddle factors (index k·i mod n), so property
+    // scenarios can afford many chunks; still no FFT and nothing shared with the services.
+    let (cos, sin): (Vec<f64>, Vec<f64>) =
+        (0..n).map(|j| std::f64::consts::TAU * j as f64 / n as f64).map(|a| (a.cos(), a.sin())).unzip();
     let mags: Vec<f64> = (0..=n / 2)
         .map(|k| {
             let (mut re, mut im) = (0.0, 0.0);
-            for (i, v) in w.iter().enumerate() {
-                let a = std::f64::consts::TAU * (k * i % n) as f64 / n as f64;
-                re += v * a.cos();
-                im -= v * a.sin();
+            let mut idx = 0usize;
+            for v in &w {
+                re += v * cos[idx];
+                im -= v * sin[idx];
+                idx += k;
+                if idx >= n {
+                    idx -= n;
+                }
             }
             re.hypot(im)
         })
@@ -179,6 +512,43 @@ mod tests {
         assert_eq!((f.rms_dbfs, f.dominant_frequency_hz, f.sample_count), (-120.0, 0.0, 400));
         let noise = Signal::WhiteNoise { amplitude: 0.5, seed: 7 }.render(8000, 1, 0, 800);
         assert!(reference_features(&noise, 1, 8000).spectral_flatness > 0.3);
+    }
+
+    /// The generator and the oracle agree with the relations the scenarios require of the SUT:
+    /// were this to fail, a correct implementation would fail the property scenarios.
+    #[test]
+    fn generated_chunks_satisfy_the_consistency_relations() {
+        use rand::SeedableRng;
+        for kind in ChunkKind::ALL {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+            let mut worst = 0.0f64;
+            for i in 0..25 {
+                let g = random_chunk(kind, &mut rng);
+                let chunk =
+                    AudioChunk::from_samples("s", i, Utc::now(), g.sample_rate, g.channels, g.encoding, &g.samples);
+                let decoded = chunk.decode_samples().unwrap();
+                let f = reference_features(&decoded, g.channels, g.sample_rate);
+                let frames = f.sample_count;
+                let v = serde_json::to_value(&f).unwrap();
+                let problems = consistency_problems(&v, g.sample_rate, frames, g.band, g.centroid_in_band);
+                assert!(problems.is_empty(), "{kind:?} #{i} {}: {problems:?}", g.description);
+                assert!(compare_with_reference(&v, &f).is_empty());
+                if let (Some((lo, hi)), true) = (g.band, g.centroid_in_band) {
+                    let c = f.spectral_centroid_hz;
+                    worst = worst.max((lo - c).max(c - hi) / band_margin_hz(g.sample_rate, frames));
+                }
+                contract::check_outgoing(contract::MessageKind::AudioChunk, &chunk).unwrap();
+            }
+            eprintln!("{kind:?}: worst centroid excursion {:.2} of the margin", worst);
+        }
+    }
+
+    #[test]
+    fn kinds_are_named_as_scenarios_write_them() {
+        for k in ChunkKind::ALL {
+            assert_eq!(k.phrase().parse::<ChunkKind>(), Ok(k));
+        }
+        assert!("a sine".parse::<ChunkKind>().is_err());
     }
 
     #[test]

@@ -151,3 +151,18 @@ impl FromStr for ChannelParam {
         s.trim_end_matches(" fanout").parse().map(ChannelParam)
     }
 }
+
+/// A shape of non-stationary chunk (`harness::signal::ChunkKind`), as a scenario names it.
+#[derive(Debug, Clone, Copy, Parameter)]
+#[param(
+    name = "chunk_kind",
+    regex = "silence then a tone|a tone that stops mid-chunk|a burst at the end|a tone of no whole number of periods|a tone over a DC offset|tones within a band"
+)]
+pub struct ChunkKindParam(pub harness::signal::ChunkKind);
+
+impl FromStr for ChunkKindParam {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse().map(ChunkKindParam)
+    }
+}

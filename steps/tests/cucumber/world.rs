@@ -67,6 +67,21 @@ pub struct World {
     pub fuzz: crate::steps::fuzz::FuzzState,
     /// Chaos experiment of this scenario (steps/chaos.rs); its processes die with it.
     pub chaos: crate::steps::chaos::ChaosState,
+    /// Randomly generated chunks (issue #12), by chunk message id: what was generated and from
+    /// which seed, for the property steps' band checks and failure messages.
+    pub generated: BTreeMap<uuid::Uuid, Generated>,
+    /// Sensor runs, work-queue taps and fault proxies of this scenario (steps/sensor.rs, the
+    /// readiness steps); dropped with it.
+    pub sensor: crate::steps::sensor::SensorState,
+}
+
+/// One generated chunk: its kind, seed and index in the series, and the generator's record.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub kind: harness::signal::ChunkKind,
+    pub seed: u64,
+    pub index: usize,
+    pub chunk: harness::signal::GeneratedChunk,
 }
 
 impl std::fmt::Debug for World {
@@ -114,6 +129,8 @@ impl World {
                 .expect("now is representable"),
             fuzz: Default::default(),
             chaos: Default::default(),
+            generated: BTreeMap::new(),
+            sensor: Default::default(),
         })
     }
 

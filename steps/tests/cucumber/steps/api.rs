@@ -1,6 +1,6 @@
 //! The REST API, as a client sees it: auth, endpoints, validation, pagination, rate limiting.
 
-use crate::params::FeatureTypeParam;
+use crate::params::{DurationParam, FeatureTypeParam};
 use crate::world::World;
 use anyhow::{Context, bail, ensure};
 use cucumber::{given, then, when};
@@ -247,6 +247,69 @@ async fn paging(w: &mut World, t: FeatureTypeParam, sensor: String, page: u32) -
     Ok(())
 }
 
+/// Pages through a filtered history and checks every page against the harness's model of the
+/// seeded rows (`harness::history::check_pages`). `type` "any" and `from`/`to` "open" leave the
+/// parameter out.
+#[then(
+    expr = "paging the history of sensor {string} with type {string} from {string} to {string} {int} rows at a time serves exactly the model's rows on every page"
+)]
+async fn paging_model(
+    w: &mut World,
+    sensor: String,
+    t: String,
+    from: String,
+    to: String,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let open = |v: &str| (v != "open").then(|| v.to_string());
+    let parse = |v: &Option<String>| -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+        v.as_deref()
+            .map(|s| chrono::DateTime::parse_from_rfc3339(s).map(|d| d.with_timezone(&chrono::Utc)))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("a bound of the scenario: {e}"))
+    };
+    let (from, to) = (open(&from), open(&to));
+    let filter = harness::history::Filter {
+        sensor_id: w.sensor(&sensor),
+        feature_type: (t != "any").then(|| t.clone()),
+        from: parse(&from)?,
+        to: parse(&to)?,
+    };
+    let want = harness::history::expected(&w.seeded, &filter).len();
+    ensure!(want > 0, "the model selects no seeded row: the scenario checks nothing");
+    let api = w.api()?;
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    // Enough pages for the model's rows, plus a few to show a server that never stops.
+    for page in 1..=want / limit + 3 {
+        let q = HistoryQuery {
+            sensor_id: Some(filter.sensor_id.clone()),
+            feature_type: filter.feature_type.clone(),
+            from: from.clone(),
+            to: to.clone(),
+            limit: Some(limit.to_string()),
+            cursor: cursor.clone(),
+            ..Default::default()
+        };
+        let r = api.history(&q).await?;
+        let body = r.expect_status(200).with_context(|| format!("stage: REST API history — page {page}"))?.json()?;
+        let items = body["items"].as_array().with_context(|| format!("page {page} has no items: {body}"))?.clone();
+        cursor = body["next_cursor"].as_str().map(String::from);
+        pages.push(harness::history::Page { items, next_cursor: cursor.clone() });
+        if cursor.is_none() {
+            break;
+        }
+    }
+    harness::history::check_pages(&w.seeded, &filter, limit, &pages).map_err(|e| {
+        anyhow::anyhow!(
+            "stage: REST API history (GET /v1/features over PostgreSQL, keyset paging) — sensor {sensor:?}, type {t}, from {}, to {}, limit {limit}: {e}",
+            from.as_deref().unwrap_or("open"),
+            to.as_deref().unwrap_or("open")
+        )
+    })?;
+    Ok(())
+}
+
 #[then(expr = "the response only contains rows of sensor {string}")]
 async fn only_sensor(w: &mut World, sensor: String) -> anyhow::Result<()> {
     let r = w.response()?;
@@ -361,6 +424,159 @@ async fn some_429(w: &mut World, min: usize) -> anyhow::Result<()> {
     let others: Vec<u16> =
         w.responses.iter().map(|r| r.status).filter(|s| *s != 429 && *s != 200 && *s != 404).collect();
     ensure!(others.is_empty(), "unexpected statuses besides 200/404/429: {others:?}");
+    Ok(())
+}
+
+// ---- Negative authentication from clients of their own (issue #12)
+
+/// The token the harness authenticates with (the run's first configured token).
+fn valid_token(w: &World) -> anyhow::Result<String> {
+    if let Some(t) = &w.env.config.api_token {
+        return Ok(t.clone());
+    }
+    w.pipeline()
+        .service_env
+        .iter()
+        .find(|(k, _)| k == "APQ_API_TOKENS")
+        .and_then(|(_, v)| v.split(',').next())
+        .map(String::from)
+        .context("no API token is configured")
+}
+
+/// A loopback address of its own (127.x.y.z): a client with a failed-authentication allowance of
+/// its own, so negative cases never eat the shared API's allowance for 127.0.0.1.
+fn fresh_client_address() -> IpAddr {
+    let [a, b, c]: [u8; 3] = rand::random();
+    IpAddr::V4(std::net::Ipv4Addr::new(127, a.max(1), b, c.max(2)))
+}
+
+/// Authorization headers built from the valid token (none is written into a feature file):
+/// `a prefix of the valid token`, `the valid token with a suffix`, `the valid token in upper
+/// case`, `the valid token after two spaces`, `the valid token with a second word`, `the valid
+/// token under the scheme bearer`, `the valid token twice`, `the valid token in the query only`;
+/// anything else is sent as the header value itself (`none`: no header).
+#[when(expr = "a client of its own calls GET {string} with authorization {string}")]
+async fn fresh_client_auth(w: &mut World, path: String, spec: String) -> anyhow::Result<()> {
+    let token = valid_token(w)?;
+    let mut path = path.replace("{sensor}", &w.sensor("probe"));
+    let mut headers = Vec::new();
+    let auth = match spec.as_str() {
+        "a prefix of the valid token" => Auth::Header(format!("Bearer {}", &token[..token.len() - 1])),
+        "the valid token with a suffix" => Auth::Header(format!("Bearer {token}x")),
+        "the valid token in upper case" => Auth::Header(format!("Bearer {}", token.to_uppercase())),
+        "the valid token after two spaces" => Auth::Header(format!("Bearer  {token}")),
+        "the valid token with a second word" => Auth::Header(format!("Bearer {token} extra")),
+        "the valid token under the scheme bearer" => Auth::Header(format!("bearer {token}")),
+        "the valid token twice" => {
+            headers.push(("authorization".to_string(), format!("Bearer {token}")));
+            Auth::Header(format!("Bearer {token}"))
+        }
+        "the valid token in the query only" => {
+            path.push_str(&format!("&access_token={token}"));
+            Auth::None
+        }
+        other => auth_of(other),
+    };
+    ensure!(token.len() > 1 && token != token.to_uppercase(), "the token {token:?} cannot be varied this way");
+    let r = w.api()?.from_source(fresh_client_address())?.send("GET", &path, &headers, auth).await?;
+    w.set_response(r);
+    Ok(())
+}
+
+// ---- Readiness with the database or the broker gone (issue #12)
+
+/// A private pipeline with one REST API whose database and broker links each go through a fault
+/// proxy of the scenario's own (`api-db`, `api-broker`); the shared servers are never touched.
+#[given("a private pipeline whose REST API reaches the database and the broker through fault proxies")]
+async fn private_api_behind_proxies(w: &mut World) -> anyhow::Result<()> {
+    use harness::faults::Proxy;
+    use harness::sensor::{socket_addr_of, with_addr};
+    let env_of = |k: &str| w.env.shared.service_env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let db_url = env_of("APQ_DATABASE_URL").context("no database URL for the services (local profile only)")?;
+    let amqp_url = env_of("APQ_AMQP_URL").context("no broker URL for the services")?;
+    let db = Proxy::start(&format!("{}-api-db", w.ns.prefix), socket_addr_of(&db_url)?).await?;
+    let broker = Proxy::start(&format!("{}-api-broker", w.ns.prefix), socket_addr_of(&amqp_url)?).await?;
+    private_api(
+        w,
+        &[
+            ("APQ_DATABASE_URL", with_addr(&db_url, db.addr())?),
+            ("APQ_AMQP_URL", with_addr(&amqp_url, broker.addr())?),
+            // Come back quickly once a link heals.
+            ("APQ_RECONNECT_MAX_MS", "500".into()),
+        ],
+    )
+    .await?;
+    w.sensor.proxies.insert("api-db".into(), db);
+    w.sensor.proxies.insert("api-broker".into(), broker);
+    Ok(())
+}
+
+fn api_link<'a>(w: &'a World, link: &str) -> anyhow::Result<&'a harness::faults::Proxy> {
+    let name = match link {
+        "database" => "api-db",
+        "broker" => "api-broker",
+        other => bail!("unknown link {other:?}: database or broker"),
+    };
+    w.sensor.proxies.get(name).with_context(|| format!("no {name} proxy: start the pipeline with fault proxies"))
+}
+
+#[when(expr = "the REST API's {word} link is cut")]
+async fn cut_api_link(w: &mut World, link: String) -> anyhow::Result<()> {
+    let p = api_link(w, &link)?;
+    p.set(harness::faults::LinkFault::Reset);
+    p.reset_connections();
+    Ok(())
+}
+
+#[when(expr = "the REST API's {word} link is restored")]
+async fn restore_api_link(w: &mut World, link: String) -> anyhow::Result<()> {
+    api_link(w, &link)?.clear();
+    Ok(())
+}
+
+/// Polls `/readyz` until it answers `status` (a 503 must be a problem that discloses nothing).
+#[then(expr = "the API's readiness becomes {int} within {duration}")]
+async fn readiness_becomes(w: &mut World, status: u16, within: DurationParam) -> anyhow::Result<()> {
+    let api = w.api()?;
+    let mut backoff = w.backoff();
+    backoff.deadline = within.0;
+    let r = eventually(&format!("/readyz answering {status}"), &format!("status {status}"), &backoff, || {
+        let api = api.clone();
+        async move {
+            let r = api.ready().await?;
+            Ok(if r.status == status {
+                Check::Done(r)
+            } else {
+                Check::NotYet {
+                    observed: format!("status {}: {}", r.status, r.body.chars().take(200).collect::<String>()),
+                }
+            })
+        }
+    })
+    .await
+    .map_err(|e| e.context("stage: REST API readiness (/readyz)"))?
+    .value;
+    if status == 503 {
+        ensure!(
+            r.header("content-type").is_some_and(|c| c.starts_with("application/problem+json")),
+            "a 503 from /readyz must be a problem: {:?} {}",
+            r.headers,
+            r.body
+        );
+        let lower = r.body.to_lowercase();
+        ensure!(
+            !lower.contains("127.0.0.1") && !lower.contains("refused") && !lower.contains("reset by peer"),
+            "the readiness problem discloses its cause: {}",
+            r.body
+        );
+    }
+    let live = api.health().await?;
+    ensure!(
+        live.status == 200,
+        "stage: REST API liveness — /healthz answered {} while readiness was {status}",
+        live.status
+    );
+    w.set_response(r);
     Ok(())
 }
 

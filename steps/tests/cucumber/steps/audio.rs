@@ -1,6 +1,6 @@
 //! Publishing audio: good chunks from generated signals or WAV fixtures, and broken ones.
 
-use crate::params::{Malformation, SignalParam};
+use crate::params::{ChunkKindParam, Malformation, SignalParam};
 use crate::world::{ChunkShape, World};
 use base64::Engine as _;
 use contract::{AudioChunk, Encoding};
@@ -43,6 +43,31 @@ async fn publish_wav(w: &mut World, sensor: String, fixture: String) -> anyhow::
         let at = w.t0 + chrono::Duration::milliseconds(seq as i64 * 100);
         let chunk = AudioChunk::from_samples(&sensor_id, seq, at, rate, channels, Encoding::PcmF32le, part);
         w.publish_chunk(chunk).await?;
+    }
+    Ok(())
+}
+
+/// Property-style input (issue #12): `n` chunks of one non-stationary kind, each with its own
+/// random rate, length, channels, encoding and content, reproducible from `seed`.
+#[when(expr = "sensor {string} publishes {int} random chunks of {chunk_kind} with seed {int}")]
+async fn publish_random(
+    w: &mut World,
+    sensor: String,
+    n: usize,
+    kind: ChunkKindParam,
+    seed: u64,
+) -> anyhow::Result<()> {
+    use rand::SeedableRng;
+    let sensor_id = w.sensor(&sensor);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for index in 0..n {
+        let g = harness::signal::random_chunk(kind.0, &mut rng);
+        let seq = *w.sequences.get(&sensor_id).unwrap_or(&0);
+        let at = w.t0 + chrono::Duration::milliseconds(seq as i64 * 100);
+        let chunk = AudioChunk::from_samples(&sensor_id, seq, at, g.sample_rate, g.channels, g.encoding, &g.samples);
+        let id = chunk.message_id;
+        w.publish_chunk(chunk).await?;
+        w.generated.insert(id, crate::world::Generated { kind: kind.0, seed, index, chunk: g });
     }
     Ok(())
 }

@@ -154,3 +154,31 @@ async fn seed_rows(
     w.seeded.extend(rows);
     Ok(())
 }
+
+/// A mixed history (issue #12): every sensor of the comma-separated list and both types, `per`
+/// rows each, 1–3 rows per timestamp on a grid shared by all of them (`harness::history`).
+#[given(
+    expr = "{int} stored Feature A and B rows for each of the sensors {string}, 1 to 3 sharing each captured_at, {duration} apart from {string}, seed {int}"
+)]
+async fn seed_mixed(
+    w: &mut World,
+    per: usize,
+    sensors: String,
+    every: DurationParam,
+    start: String,
+    seed: u64,
+) -> anyhow::Result<()> {
+    ensure!(
+        w.env.may_write_db(),
+        "this step INSERTs rows into the deployment's database: tag the scenario @writes-db (skipped there unless QA_EXTERNAL_WRITES_DB=1)"
+    );
+    let start = chrono::DateTime::parse_from_rfc3339(&start)
+        .with_context(|| format!("start time {start:?}"))?
+        .with_timezone(&chrono::Utc);
+    let ids: Vec<String> = sensors.split(',').map(|s| w.sensor(s.trim())).collect();
+    let rows = harness::history::mixed_rows(&ids, per, start, chrono::Duration::from_std(every.0)?, seed);
+    let inserted = w.env.db.insert_rows(&rows).await?;
+    ensure!(inserted as usize == rows.len(), "seeded {inserted} rows, expected {}", rows.len());
+    w.seeded.extend(rows);
+    Ok(())
+}

@@ -2,7 +2,7 @@
 
 use crate::params::{DurationParam, FeatureTypeParam};
 use crate::world::World;
-use anyhow::{bail, ensure};
+use anyhow::{Context, bail, ensure};
 use cucumber::then;
 use harness::amqp::Source;
 use harness::json_match::NumSpec;
@@ -31,6 +31,152 @@ async fn feature_value(
             None => bail!("Feature {} has no numeric {pointer}\n  message: {}", t.letter(), m.summary()),
         }
     }
+    Ok(())
+}
+
+/// Names a chunk in property failures: its place in the generated series and how to reproduce it.
+fn chunk_label(w: &World, c: &contract::AudioChunk) -> String {
+    match w.generated.get(&c.message_id) {
+        Some(g) => format!(
+            "chunk #{} of {:?} (seed {}, seq {}): {}",
+            g.index,
+            g.kind.phrase(),
+            g.seed,
+            c.sequence,
+            g.chunk.description
+        ),
+        None => format!("chunk seq {} ({} Hz, {} channel(s))", c.sequence, c.sample_rate, c.channels),
+    }
+}
+
+/// The Feature A of every chunk this scenario published for `sensor`, paired with its chunk.
+async fn features_by_chunk(
+    w: &World,
+    sensor: &str,
+) -> anyhow::Result<Vec<(contract::AudioChunk, harness::amqp::Captured)>> {
+    let chunks: Vec<contract::AudioChunk> = w.chunks_of(sensor).into_iter().cloned().collect();
+    ensure!(!chunks.is_empty(), "no chunk was published for sensor {sensor:?}");
+    let msgs = w.wait_features(Source::FeatureA, sensor, chunks.len()).await?;
+    chunks
+        .into_iter()
+        .map(|c| {
+            let id = c.message_id.to_string();
+            let m = msgs
+                .iter()
+                .find(|m| m.str_field("/source_message_id") == Some(id.as_str()))
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("stage: Algorithm A — no Feature A for chunk {id}"))?;
+            Ok((c, m))
+        })
+        .collect()
+}
+
+/// Every Feature A against the harness's own DSP (`harness::signal::reference_features`, a plain
+/// DFT written from the contract), field by field, at the contract table's tolerances.
+#[then(
+    expr = "every Feature A for sensor {string} matches the harness's reference features within the contract's tolerances"
+)]
+async fn matches_reference(w: &mut World, sensor: String) -> anyhow::Result<()> {
+    let pairs = features_by_chunk(w, &sensor).await?;
+    let mut bad = Vec::new();
+    for (c, m) in &pairs {
+        let samples = c.decode_samples().map_err(|e| anyhow::anyhow!("decoding our own chunk: {e}"))?;
+        let want = harness::signal::reference_features(&samples, c.channels, c.sample_rate);
+        let got = m.field("/features").cloned().unwrap_or_default();
+        let diffs = harness::signal::compare_with_reference(&got, &want);
+        if !diffs.is_empty() {
+            bad.push(format!("{}\n      {}", chunk_label(w, c), diffs.join("\n      ")));
+        }
+    }
+    ensure!(
+        bad.is_empty(),
+        "stage: Algorithm A (Feature A) — {} of {} chunks differ from the harness's reference features \
+         (tolerances: fixtures/contracts/README.md, Defined fields):\n    {}",
+        bad.len(),
+        pairs.len(),
+        bad.join("\n    ")
+    );
+    Ok(())
+}
+
+/// Relations between a Feature A's own fields (rms_dbfs = 20·log10 rms, peak ≥ rms, ranges,
+/// duration = frames/rate, dominant frequency and, where meaningful, centroid within the band of
+/// the generated tones); needs no reference DSP.
+#[then(expr = "every Feature A for sensor {string} is consistent in itself")]
+async fn self_consistent(w: &mut World, sensor: String) -> anyhow::Result<()> {
+    let pairs = features_by_chunk(w, &sensor).await?;
+    let mut bad = Vec::new();
+    for (c, m) in &pairs {
+        let frames = (c.decode_samples().map(|s| s.len()).unwrap_or(0) / c.channels.max(1) as usize) as u64;
+        let (band, centroid) =
+            w.generated.get(&c.message_id).map_or((None, false), |g| (g.chunk.band, g.chunk.centroid_in_band));
+        let got = m.field("/features").cloned().unwrap_or_default();
+        let problems = harness::signal::consistency_problems(&got, c.sample_rate, frames, band, centroid);
+        if !problems.is_empty() {
+            bad.push(format!("{}\n      {}", chunk_label(w, c), problems.join("\n      ")));
+        }
+    }
+    ensure!(
+        bad.is_empty(),
+        "stage: Algorithm A (Feature A) — {} of {} Feature A messages contradict themselves:\n    {}",
+        bad.len(),
+        pairs.len(),
+        bad.join("\n    ")
+    );
+    Ok(())
+}
+
+/// Every Feature B against the contract's Algorithm B table applied to its own Feature A: class,
+/// confidence (clamped), loudness and dominant frequency copied, lineage to the Feature A.
+#[then(expr = "every Feature B for sensor {string} follows the contract's rules from its Feature A")]
+async fn b_follows_rules(w: &mut World, sensor: String) -> anyhow::Result<()> {
+    let pairs = features_by_chunk(w, &sensor).await?;
+    let bs = w.wait_features(Source::FeatureB, &sensor, pairs.len()).await?;
+    let mut bad = Vec::new();
+    for (c, a) in &pairs {
+        let a_id = a.str_field("/message_id").unwrap_or_default();
+        let Some(b) = bs.iter().find(|b| b.str_field("/feature_a_message_id") == Some(a_id)) else {
+            bad.push(format!("{}: no Feature B points at Feature A {a_id}", chunk_label(w, c)));
+            continue;
+        };
+        let fa = a.field("/features").cloned().unwrap_or_default();
+        let (class, confidence) =
+            harness::signal::reference_classification(&fa).context("the Feature A lacks rms_dbfs/clipping/flatness")?;
+        let got_class = b.str_field("/features/event_class").unwrap_or("<missing>");
+        let got_conf = b.field("/features/confidence").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        let mut problems = Vec::new();
+        if got_class != class {
+            problems.push(format!("event_class {got_class:?}, expected {class:?}"));
+        }
+        if (got_conf - confidence).abs() > 1e-9 {
+            problems.push(format!("confidence {got_conf}, expected {confidence}"));
+        }
+        for (bf, af) in [("loudness_dbfs", "rms_dbfs"), ("dominant_frequency_hz", "dominant_frequency_hz")] {
+            let (x, y) = (b.field(&format!("/features/{bf}")), fa.get(af));
+            if x != y {
+                problems.push(format!("{bf} {x:?} is not the Feature A's {af} {y:?}"));
+            }
+        }
+        for field in ["/source_message_id", "/sensor_id", "/sequence", "/captured_at"] {
+            if b.field(field) != a.field(field) {
+                problems.push(format!(
+                    "{field} {:?} differs from the Feature A's {:?}",
+                    b.field(field),
+                    a.field(field)
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            bad.push(format!("{} (Feature A {a_id}): {}", chunk_label(w, c), problems.join("; ")));
+        }
+    }
+    ensure!(
+        bad.is_empty(),
+        "stage: Algorithm B (Feature B) — {} of {} Feature B messages break the contract's rules:\n    {}",
+        bad.len(),
+        pairs.len(),
+        bad.join("\n    ")
+    );
     Ok(())
 }
 

@@ -9,4 +9,5 @@ pub mod exchanges;
 pub mod fuzz;
 pub mod hooks;
 pub mod pipeline;
+pub mod sensor;
 pub mod sut;
