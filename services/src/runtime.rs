@@ -302,3 +302,27 @@ pub async fn start_consuming(
     tracing::info!(queue, instance, "consuming");
     Ok(consumer)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_drops_while_work_stalls_and_returns_with_progress() {
+        let h = Health::with_stall_after(Duration::from_millis(20));
+        assert!(!h.is_ready(), "not connected yet");
+        h.set_ready(true);
+        assert!(h.is_ready());
+        h.work_started();
+        assert!(h.is_ready(), "fresh work is not a stall");
+        // Only a lower bound matters: after 50 ms the 20 ms stall limit has certainly passed.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(h.stalled_for().is_some() && !h.is_ready(), "unsettled work beyond the limit: not ready");
+        assert!(h.is_connected(), "still connected: the supervisor counts the session as healthy");
+        h.work_done();
+        assert!(h.is_ready(), "settled: ready again");
+        h.work_started();
+        h.work_reset();
+        assert!(h.stalled_for().is_none(), "a new session starts with nothing in flight");
+    }
+}
