@@ -10,6 +10,7 @@ Feature: Chaos: faults of the broker, the database and the network lose and dupl
   and the recovery time (fault end → first new row) goes to the output and reports/…/chaos/.
   The ones tagged nightly run in the nightly job (QA_NIGHTLY=1); the rest in every run.
 
+  @adapter
   Scenario: Algorithm A killed with SIGKILL mid-stream
     Given a chaos pipeline
     When 200 chunks stream from sensor "chaos" at 50 per second

@@ -3,6 +3,8 @@
 # tagged @needs-sut-control (scaling, kills, restarts, rate limiting) runs through the example
 # adapter scripts/adapters/reference.sh, configured only by the documented variables plus the
 # adapter's own REFERENCE_PIPELINE_BIN, and every component the run started went through it.
+# Of the chaos scenarios (a pipeline of their own on private servers, started the same way) the
+# one tagged @adapter runs here; the rest would add minutes without exercising the protocol more.
 # Ends with `adapter-check: N passed, M failed`; exits non-zero on failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +18,7 @@ mkdir -p reports/adapter
 rm -f reports/adapter/latest
 REFERENCE_PIPELINE_BIN="$target/debug/sut-pipeline" QA_SUT_COMMAND="$PWD/scripts/adapters/reference.sh" \
 QA_REPORT_DIR=reports/adapter \
-  cargo test -q -p steps --test cucumber -- --tags @needs-sut-control 2>&1 | tee reports/adapter/cucumber.log | tail -n 4
+  cargo test -q -p steps --test cucumber -- --tags "@needs-sut-control and (not @chaos or @adapter)" 2>&1 | tee reports/adapter/cucumber.log | tail -n 4
 suite=${PIPESTATUS[0]}
 summary=reports/adapter/latest/cucumber/summary.json
 read -r p f < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["passed"], d["failed"])' "$summary" 2>/dev/null || echo "0 1")

@@ -259,22 +259,25 @@ impl ChaosPipeline {
                 &db_name,
             )
         };
+        // Least privilege, as in the local profile (and as the adapter protocol's `migrate` wants):
+        // the writer INSERTs, the API SELECTs, each through its own link.
+        let roles = [format!("{db_name}_writer"), format!("{db_name}_reader")];
         let mut link_env = BTreeMap::new();
         for l in Link::broker_links() {
             link_env.insert(l, vec![("APQ_AMQP_URL".to_string(), amqp_via(l))]);
         }
-        link_env
-            .get_mut(&Link::WriterBroker)
-            .expect("a broker link")
-            .push(("APQ_DATABASE_URL".into(), db_via(Link::WriterDb)?));
-        link_env
-            .get_mut(&Link::ApiBroker)
-            .expect("a broker link")
-            .push(("APQ_DATABASE_URL".into(), db_via(Link::ApiDb)?));
+        let writer_db = crate::env::with_user(&db_via(Link::WriterDb)?, &roles[0])?;
+        let reader_db = crate::env::with_user(&db_via(Link::ApiDb)?, &roles[1])?;
+        link_env.get_mut(&Link::WriterBroker).expect("a broker link").push(("APQ_DATABASE_URL".into(), writer_db));
+        link_env.get_mut(&Link::ApiBroker).expect("a broker link").push(("APQ_DATABASE_URL".into(), reader_db));
 
         let command = crate::env::sut_command(config)?;
         let mut migrate_env = crate::env::sut_env_overrides()?;
-        migrate_env.push(("APQ_DATABASE_URL".into(), database_url.clone()));
+        migrate_env.extend([
+            ("APQ_DATABASE_URL".to_string(), database_url.clone()),
+            ("APQ_DB_WRITER_ROLE".to_string(), roles[0].clone()),
+            ("APQ_DB_READER_ROLE".to_string(), roles[1].clone()),
+        ]);
         let log_dir = config.report_dir.join("sut-logs").join(&namespace);
         std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
         crate::sut::run_once(&command, "migrate", &migrate_env, &log_dir.join("migrate.log"), Duration::from_secs(60))

@@ -8,9 +8,9 @@
 //! failed, where, why and what to try. `--input <file or glob>` is taken relative to the
 //! checkout. Undefined or skipped steps fail the run. In the external profile, scenarios tagged
 //! `@needs-sut-control` (no adapter there) and, unless `QA_EXTERNAL_WRITES_DB` is set,
-//! `@writes-db` are filtered out with a printed reason. In any
-//! profile `@nightly` scenarios (the long chaos experiments) run only with `QA_NIGHTLY=1` or when
-//! selected by `--name`/`--tags`, and `@chaos @serial` ones are skipped, saying why, where no
+//! `@writes-db` are filtered out with a printed reason. In any profile `@nightly` scenarios (the
+//! long chaos experiments) run only with `QA_NIGHTLY=1` or when named with `--name` (`--tags
+//! @chaos` alone is the CI subset), and `@chaos @serial` ones are skipped, saying why, where no
 //! private RabbitMQ node or PostgreSQL cluster can start.
 //!
 //! Every location is found at run time (`harness::paths`): the checkout from the working
@@ -179,7 +179,7 @@ async fn main() -> ExitCode {
                 FILTERED_FUZZ.fetch_add(1, Ordering::SeqCst);
                 return false;
             }
-            if tagged("nightly") && !nightly && cli_name.is_none() && cli_tags.is_none() {
+            if tagged("nightly") && !nightly && cli_name.is_none() {
                 FILTERED_NIGHTLY.fetch_add(1, Ordering::SeqCst);
                 return false;
             }
@@ -228,7 +228,7 @@ async fn main() -> ExitCode {
     );
     if filtered_nightly > 0 {
         println!(
-            "skipped {filtered_nightly} scenario(s) tagged @nightly (QA_NIGHTLY=1, or name them with --name/--tags)"
+            "skipped {filtered_nightly} scenario(s) tagged @nightly (QA_NIGHTLY=1 runs them, or name one with --name)"
         );
     }
     if filtered_chaos > 0 {
