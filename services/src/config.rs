@@ -405,6 +405,211 @@ impl Settings {
     }
 }
 
+/// One `APQ_*` variable for `pipeline <component> --help`: who reads it, its default, what it does.
+pub struct EnvVar {
+    /// The variable.
+    pub name: &'static str,
+    /// Subcommands that read it (`*` = every one that talks to the broker).
+    pub used_by: &'static [&'static str],
+    /// Its default, rendered from `Settings::default()`.
+    pub default: fn(&Settings) -> String,
+    /// One line on what it does.
+    pub meaning: &'static str,
+}
+
+const BROKER: &[&str] = &["sensor", "algorithm-a", "algorithm-b", "data-writer", "rest-api", "live", "purge"];
+const CONSUMERS: &[&str] = &["algorithm-a", "algorithm-b", "data-writer", "rest-api", "live"];
+const DB: &[&str] = &["data-writer", "rest-api", "migrate", "live", "purge"];
+const WRITER: &[&str] = &["data-writer", "live"];
+const API: &[&str] = &["rest-api", "live"];
+const SENSOR: &[&str] = &["sensor", "live"];
+
+macro_rules! var {
+    ($name:literal, $used:expr, $default:expr, $meaning:literal) => {
+        EnvVar { name: $name, used_by: $used, default: $default, meaning: $meaning }
+    };
+}
+
+/// Every variable `apply_env` reads (a test keeps the two in step), plus the few read elsewhere.
+pub const ENV_VARS: &[EnvVar] = &[
+    var!("APQ_CONFIG", BROKER, |_| "unset".into(), "TOML file with the same settings; variables override it"),
+    var!("APQ_LOG_FORMAT", BROKER, |_| "json".into(), "`text` for human-readable logs on stderr"),
+    var!("APQ_AMQP_URL", BROKER, |s| s.amqp.url.clone(), "broker URL"),
+    var!("APQ_NAMESPACE", BROKER, |s| s.amqp.namespace.clone(), "prefix of every queue and exchange name"),
+    var!(
+        "APQ_MAX_MESSAGE_BYTES",
+        CONSUMERS,
+        |s| s.amqp.max_message_bytes.to_string(),
+        "larger bodies are dead-lettered"
+    ),
+    var!(
+        "APQ_RECONNECT_MIN_MS",
+        BROKER,
+        |s| s.amqp.reconnect_min_ms.to_string(),
+        "reconnect backoff, first bound (full jitter)"
+    ),
+    var!("APQ_RECONNECT_MAX_MS", BROKER, |s| s.amqp.reconnect_max_ms.to_string(), "reconnect backoff, largest bound"),
+    var!("APQ_HEARTBEAT_SECS", BROKER, |s| s.amqp.heartbeat_secs.to_string(), "AMQP heartbeat requested"),
+    var!("APQ_INSTANCE_ID", BROKER, |_| "<component>-<pid>".into(), "id in processed_by and logs"),
+    var!(
+        "APQ_HEALTH_BIND",
+        &["algorithm-a", "algorithm-b", "data-writer"],
+        |_| "unset".into(),
+        "address of /healthz, /readyz, /metrics"
+    ),
+    var!("APQ_DATABASE_URL", DB, |s| s.database.url.clone(), "PostgreSQL URL"),
+    var!("APQ_DB_POOL_SIZE", API, |s| s.database.pool_size.to_string(), "the API's database connections"),
+    var!("APQ_DB_WRITER_ROLE", &["migrate"], |_| "unset".into(), "role created with INSERT on features"),
+    var!("APQ_DB_WRITER_PASSWORD", &["migrate"], |_| "unset".into(), "its password"),
+    var!("APQ_DB_READER_ROLE", &["migrate"], |_| "unset".into(), "role created with SELECT on features"),
+    var!("APQ_DB_READER_PASSWORD", &["migrate"], |_| "unset".into(), "its password"),
+    var!(
+        "APQ_ALGORITHM_A_PREFETCH",
+        &["algorithm-a", "live"],
+        |s| s.algorithm_a.prefetch.to_string(),
+        "unacked deliveries per instance"
+    ),
+    var!(
+        "APQ_ALGORITHM_B_PREFETCH",
+        &["algorithm-b", "live"],
+        |s| s.algorithm_b.prefetch.to_string(),
+        "unacked deliveries per instance"
+    ),
+    var!("APQ_WRITER_BATCH_SIZE", WRITER, |s| s.data_writer.batch_size.to_string(), "rows per INSERT at most"),
+    var!(
+        "APQ_WRITER_FLUSH_INTERVAL_MS",
+        WRITER,
+        |s| s.data_writer.flush_interval_ms.to_string(),
+        "longest wait of a partial batch (0: group commit)"
+    ),
+    var!("APQ_WRITER_PREFETCH", WRITER, |s| s.data_writer.prefetch.to_string(), "unacked deliveries per writer queue"),
+    var!(
+        "APQ_WRITER_WRITE_TIMEOUT_MS",
+        WRITER,
+        |s| s.data_writer.write_timeout_ms.to_string(),
+        "bound on one batch write; statement_timeout"
+    ),
+    var!(
+        "APQ_WRITER_CONNECT_TIMEOUT_MS",
+        WRITER,
+        |s| s.data_writer.connect_timeout_ms.to_string(),
+        "bound on a database connect"
+    ),
+    var!(
+        "APQ_WRITER_KEEPALIVE_IDLE_MS",
+        WRITER,
+        |s| s.data_writer.keepalive_idle_ms.to_string(),
+        "TCP keepalive idle time to the database"
+    ),
+    var!(
+        "APQ_WRITER_SHUTDOWN_TIMEOUT_MS",
+        &["algorithm-a", "algorithm-b", "data-writer"],
+        |s| s.data_writer.shutdown_timeout_ms.to_string(),
+        "longest a graceful shutdown waits"
+    ),
+    var!("APQ_API_BIND", API, |s| s.rest_api.bind.clone(), "listen address (port 0: any, announced)"),
+    var!(
+        "APQ_API_TOKENS",
+        API,
+        |_| "none: refuses to start (live: dev-token)".into(),
+        "accepted bearer tokens, comma-separated"
+    ),
+    var!(
+        "APQ_API_RATE_LIMIT_PER_SEC",
+        API,
+        |s| s.rest_api.rate_limit_per_sec.to_string(),
+        "sustained requests per second per token"
+    ),
+    var!("APQ_API_RATE_LIMIT_BURST", API, |s| s.rest_api.rate_limit_burst.to_string(), "burst per token"),
+    var!("APQ_API_DEFAULT_LIMIT", API, |s| s.rest_api.default_limit.to_string(), "history page size without limit="),
+    var!("APQ_API_MAX_LIMIT", API, |s| s.rest_api.max_limit.to_string(), "largest limit="),
+    var!(
+        "APQ_API_HEADER_TIMEOUT_MS",
+        API,
+        |s| s.rest_api.header_timeout_ms.to_string(),
+        "a request head must arrive within this"
+    ),
+    var!(
+        "APQ_API_AUTH_FAILURE_LIMIT",
+        API,
+        |s| s.rest_api.auth_failure_limit.to_string(),
+        "failed authentications per client address per window"
+    ),
+    var!("APQ_API_AUTH_FAILURE_WINDOW_MS", API, |s| s.rest_api.auth_failure_window_ms.to_string(), "that window"),
+    var!("APQ_API_MAX_PAGE_BYTES", API, |s| s.rest_api.max_page_bytes.to_string(), "byte budget of one history page"),
+    var!("APQ_SENSOR_ID", SENSOR, |s| s.sensor.sensor_id.clone(), "the chunks' sensor_id"),
+    var!("APQ_SENSOR_SIGNAL", SENSOR, |s| s.sensor.signal.clone(), "sine, noise, silence, clipped-sine or wav"),
+    var!("APQ_SENSOR_FREQUENCY_HZ", SENSOR, |s| s.sensor.frequency_hz.to_string(), "tone frequency"),
+    var!("APQ_SENSOR_AMPLITUDE", SENSOR, |s| s.sensor.amplitude.to_string(), "amplitude (gain for clipped-sine)"),
+    var!("APQ_SENSOR_SAMPLE_RATE", SENSOR, |s| s.sensor.sample_rate.to_string(), "sample rate of synthetic signals"),
+    var!("APQ_SENSOR_CHUNK_MS", SENSOR, |s| s.sensor.chunk_ms.to_string(), "chunk length"),
+    var!(
+        "APQ_SENSOR_RATE_PER_SEC",
+        SENSOR,
+        |s| s.sensor.rate_per_sec.to_string(),
+        "chunks per second (0: as fast as confirms allow)"
+    ),
+    var!("APQ_SENSOR_COUNT", SENSOR, |s| s.sensor.count.to_string(), "stop after this many chunks (0: never)"),
+    var!(
+        "APQ_SENSOR_DURATION_SECS",
+        SENSOR,
+        |s| s.sensor.duration_secs.to_string(),
+        "stop after this many seconds (0: never)"
+    ),
+    var!("APQ_SENSOR_WAV_PATH", SENSOR, |_| "unset".into(), "WAV file for signal = wav (looped)"),
+    var!(
+        "APQ_ALGORITHM_A_FAULT_DROP_EVERY",
+        &["algorithm-a", "live"],
+        |_| "0 (off)".into(),
+        "FAULT: ack every Nth chunk without publishing"
+    ),
+    var!("APQ_ALGORITHM_B_FAULT_DROP_EVERY", &["algorithm-b", "live"], |_| "0 (off)".into(), "FAULT: as for A"),
+    var!(
+        "APQ_WRITER_FAULT_IGNORE_UNIQUE",
+        &["data-writer", "migrate", "live"],
+        |_| "false".into(),
+        "FAULT: no idempotency keys"
+    ),
+    var!(
+        "APQ_WRITER_FAULT_RETRY_REJECTED",
+        WRITER,
+        |_| "false".into(),
+        "FAULT: trust input, requeue refused batches forever"
+    ),
+    var!("APQ_WRITER_FAULT_UNBOUNDED_PROCESSED_BY", WRITER, |_| "false".into(), "FAULT: processed_by beyond its bound"),
+    var!("APQ_WRITER_FAULT_NO_DEADLINES", WRITER, |_| "false".into(), "FAULT: no write/connect timeouts, no keepalive"),
+    var!(
+        "APQ_FAULT_BYTE_TRUNCATE_DETAIL",
+        CONSUMERS,
+        |_| "false".into(),
+        "FAULT: cut dead-letter details inside a character"
+    ),
+    var!(
+        "APQ_FAULT_RANDOM_OUTPUT_IDS",
+        &["algorithm-a", "algorithm-b", "migrate", "live"],
+        |_| "false".into(),
+        "FAULT: random output ids, no per-source backstop"
+    ),
+    var!("APQ_FAULT_BACKOFF_NO_RESET", BROKER, |_| "false".into(), "FAULT: backoff without jitter, never reset"),
+    var!("APQ_FAULT_NO_HEARTBEAT", BROKER, |_| "false".into(), "FAULT: no heartbeat requested"),
+    var!("APQ_API_FAULT_SKIP_AUTH", API, |_| "false".into(), "FAULT: no token check"),
+    var!("APQ_API_FAULT_NO_CACHE_REFILL", API, |_| "false".into(), "FAULT: no cache refill, no database fallback"),
+];
+
+/// The `--help` section listing the variables `component` reads, with their defaults.
+pub fn env_help(component: &str) -> String {
+    let defaults = Settings::default();
+    let mut out = String::from(
+        "Environment (APQ_* variables override the --config file; FAULT = fault injection, never in production):\n",
+    );
+    for v in ENV_VARS.iter().filter(|v| v.used_by.contains(&component)) {
+        let default = (v.default)(&defaults);
+        let default = if default.is_empty() { "(empty)".to_string() } else { default };
+        out.push_str(&format!("  {:<40} {:<28} {}\n", v.name, default, v.meaning));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,6 +641,19 @@ mod tests {
         let mut s = Settings::default();
         let err = s.apply_env(env(&[("APQ_WRITER_BATCH_SIZE", "0")])).unwrap_err();
         assert!(err.to_string().contains("batch_size"), "{err}");
+    }
+
+    #[test]
+    fn every_variable_read_is_in_the_help_table() {
+        let source = include_str!("config.rs");
+        let code = &source[..source.find("pub const ENV_VARS").expect("the table")];
+        let read: std::collections::BTreeSet<&str> =
+            code.split('"').filter(|t| t.starts_with("APQ_") && !t.contains(' ')).collect();
+        let listed: std::collections::BTreeSet<&str> = ENV_VARS.iter().map(|v| v.name).collect();
+        let missing: Vec<&&str> = read.difference(&listed).collect();
+        assert!(missing.is_empty(), "read by apply_env but not in ENV_VARS (--help): {missing:?}");
+        assert!(env_help("data-writer").contains("APQ_WRITER_WRITE_TIMEOUT_MS"));
+        assert!(!env_help("sensor").contains("APQ_API_TOKENS"));
     }
 
     #[test]
