@@ -20,7 +20,7 @@ restore() {
 }
 trap restore EXIT
 for c in a b; do git clone -q --local "$PWD" "$work/$c" || { echo "two-clones: 0 passed, 1 failed"; exit 1; }; done
-dropped=features/resilience.feature
+dropped=features/contracts.feature
 dropped_n=$(grep -c '^\s*Scenario' "$work/b/$dropped")
 rm "$work/b/$dropped"
 # Sequential builds into the shared target directory, then concurrent runs.

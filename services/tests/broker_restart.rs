@@ -16,7 +16,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-const CHUNKS: u64 = 300;
+/// 6 s of chunks at 150/s: `rabbitmqctl stop_app` itself takes 1–2 s to start (an Erlang VM),
+/// so the restart must land well inside the stream even on a loaded machine.
+const CHUNKS: u64 = 900;
 
 /// Sequences with at least one row of `feature_type`.
 async fn sequences(db: &tokio_postgres::Client, sensor: &str, feature_type: &str) -> BTreeSet<i64> {

@@ -49,9 +49,23 @@ pub struct ChaosState {
     verdict: Option<Verdict>,
     /// When the memory alarm was raised and cleared.
     alarm: Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
+    /// The ledger step's report (faults, verdict, metrics of every process), for the failure bundle.
+    report: Option<serde_json::Value>,
 }
 
 impl ChaosState {
+    /// What a failure bundle shows of the experiment: the faults applied so far and, once the
+    /// ledger was checked, its verdict and each process's metrics.
+    pub fn bundle_json(&self) -> serde_json::Value {
+        let Some(p) = &self.pipeline else { return serde_json::Value::Null };
+        serde_json::json!({
+            "namespace": p.names.namespace,
+            "sensor": self.sensor,
+            "faults": *p.faults.lock().expect("faults lock"),
+            "ledger": self.report,
+        })
+    }
+
     fn pipeline(&self) -> anyhow::Result<&ChaosPipeline> {
         self.pipeline.as_ref().context("no chaos pipeline: start the scenario with `Given a chaos pipeline`")
     }
@@ -422,6 +436,7 @@ async fn check_ledger(w: &mut World, within: Duration, max_wait: Option<Duration
     let file = dir.join(format!("{}.json", name.trim_matches('-')));
     std::fs::write(&file, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", file.display()))?;
+    w.chaos.report = Some(report);
     let holds = verdict.holds();
     let rendered = verdict.render();
     w.chaos.verdict = Some(verdict);

@@ -106,5 +106,7 @@ fn world_summary(w: &World) -> Value {
         "burst_responses": w.responses.len(),
         "seeded_rows": w.seeded.len(),
         "last_rows_read": w.last_rows.len(),
+        // Chaos scenarios: faults applied, the ledger's verdict and every process's metrics.
+        "chaos": w.chaos.bundle_json(),
     })
 }
