@@ -94,6 +94,67 @@ impl Rig {
     }
 }
 
+/// A fault of the private servers, as data: what to do to start it and (for lasting ones) to heal it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ServerFault {
+    /// `rabbitmqctl stop_app`, healed by `start_app`.
+    BrokerStopApp,
+    /// SIGKILL of the broker node, then a start on the same data (one action).
+    BrokerKillRestart,
+    /// `close_all_connections` (one action).
+    BrokerCloseAll,
+    /// A memory alarm (publishers block), healed by clearing it.
+    BrokerMemoryAlarm,
+    /// `pg_ctl stop -m fast`, healed by starting it again.
+    DatabaseStop,
+    /// `pg_ctl restart -m fast` (one action).
+    DatabaseRestart,
+}
+
+impl ServerFault {
+    /// How reports name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerFault::BrokerStopApp => "broker: stop_app",
+            ServerFault::BrokerKillRestart => "broker: SIGKILL, restart",
+            ServerFault::BrokerCloseAll => "broker: close_all_connections",
+            ServerFault::BrokerMemoryAlarm => "broker: memory alarm",
+            ServerFault::DatabaseStop => "database: stopped (fast)",
+            ServerFault::DatabaseRestart => "database: fast restart",
+        }
+    }
+}
+
+impl Rig {
+    /// Starts `fault` (the whole of it for one-action faults).
+    pub async fn inject(&self, fault: ServerFault) -> anyhow::Result<()> {
+        match fault {
+            ServerFault::BrokerStopApp => self.rabbit.lock().await.stop_app().await,
+            ServerFault::BrokerKillRestart => {
+                let mut rabbit = self.rabbit.lock().await;
+                rabbit.kill9().await?;
+                rabbit.start_again().await
+            }
+            ServerFault::BrokerCloseAll => {
+                self.rabbit.lock().await.close_all_connections("chaos: close_all_connections").await
+            }
+            ServerFault::BrokerMemoryAlarm => self.rabbit.lock().await.set_memory_alarm(true).await,
+            ServerFault::DatabaseStop => self.pg.lock().await.stop_fast().await,
+            ServerFault::DatabaseRestart => self.pg.lock().await.restart_fast().await,
+        }
+    }
+
+    /// Ends a lasting `fault` (nothing to do for one-action faults).
+    pub async fn heal(&self, fault: ServerFault) -> anyhow::Result<()> {
+        match fault {
+            ServerFault::BrokerStopApp => self.rabbit.lock().await.start_app().await,
+            ServerFault::BrokerMemoryAlarm => self.rabbit.lock().await.set_memory_alarm(false).await,
+            ServerFault::DatabaseStop => self.pg.lock().await.start_again().await,
+            ServerFault::BrokerKillRestart | ServerFault::BrokerCloseAll | ServerFault::DatabaseRestart => Ok(()),
+        }
+    }
+}
+
 /// A link of a chaos pipeline: one TCP connection path through one proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum Link {
@@ -407,6 +468,25 @@ impl ChaosPipeline {
             self.proxy(*l).clear();
         }
         self.fault_ended(i);
+    }
+
+    /// Applies `fault` to the rig's servers, holds it for `hold` (lasting faults), heals it, and
+    /// records the window; returns when it started and when it was healed.
+    pub async fn server_fault(
+        &self,
+        rig: &Rig,
+        fault: ServerFault,
+        hold: Duration,
+    ) -> anyhow::Result<(DateTime<Utc>, DateTime<Utc>)> {
+        let i = self.fault_started(fault.name());
+        rig.inject(fault).await?;
+        let started = Utc::now();
+        // Holding the fault is the experiment.
+        tokio::time::sleep(hold).await;
+        let healing = Utc::now();
+        rig.heal(fault).await?;
+        self.fault_ended(i);
+        Ok((started, healing))
     }
 
     /// When the last fault ended (the recovery clock's start).

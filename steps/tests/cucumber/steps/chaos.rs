@@ -9,7 +9,7 @@ use anyhow::{Context, bail, ensure};
 use cucumber::{Parameter, given, then, when};
 use harness::chaos::checker::{self, Expect, Verdict};
 use harness::chaos::workload::{Confirmed, Plan, Workload};
-use harness::chaos::{ChaosPipeline, Link, Rig, observe};
+use harness::chaos::{ChaosPipeline, Link, Rig, ServerFault, observe};
 use harness::faults::LinkFault;
 use harness::sut::Component;
 use std::str::FromStr;
@@ -113,55 +113,36 @@ fn start_workload(w: &mut World, count: u64, sensor: String, rate: f64, chunk_ms
     Ok(())
 }
 
-#[when(expr = "after {duration} the broker application is stopped for {duration}")]
-async fn broker_stop_app(w: &mut World, after: DurationParam, hold: DurationParam) -> anyhow::Result<()> {
+/// After the lead-in, `fault` on the rig's servers for `hold`, recorded on the pipeline.
+async fn server_fault(
+    w: &World,
+    after: DurationParam,
+    fault: ServerFault,
+    hold: Duration,
+) -> anyhow::Result<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
     lead_in(after).await;
     let (p, rig) = (w.chaos.pipeline()?, w.chaos.rig()?);
-    let i = p.fault_started("broker: stop_app");
-    rig.rabbit.lock().await.stop_app().await?;
-    // Holding the fault is the experiment.
-    tokio::time::sleep(hold.0).await;
-    rig.rabbit.lock().await.start_app().await?;
-    p.fault_ended(i);
-    Ok(())
+    p.server_fault(rig, fault, hold).await
+}
+
+#[when(expr = "after {duration} the broker application is stopped for {duration}")]
+async fn broker_stop_app(w: &mut World, after: DurationParam, hold: DurationParam) -> anyhow::Result<()> {
+    server_fault(w, after, ServerFault::BrokerStopApp, hold.0).await.map(drop)
 }
 
 #[when(expr = "after {duration} the broker is killed with SIGKILL and restarted")]
 async fn broker_kill(w: &mut World, after: DurationParam) -> anyhow::Result<()> {
-    lead_in(after).await;
-    let (p, rig) = (w.chaos.pipeline()?, w.chaos.rig()?);
-    let i = p.fault_started("broker: SIGKILL, restart");
-    let mut rabbit = rig.rabbit.lock().await;
-    rabbit.kill9().await?;
-    rabbit.start_again().await?;
-    drop(rabbit);
-    p.fault_ended(i);
-    Ok(())
+    server_fault(w, after, ServerFault::BrokerKillRestart, Duration::ZERO).await.map(drop)
 }
 
 #[when(expr = "after {duration} the broker closes every client connection")]
 async fn broker_close_all(w: &mut World, after: DurationParam) -> anyhow::Result<()> {
-    lead_in(after).await;
-    let (p, rig) = (w.chaos.pipeline()?, w.chaos.rig()?);
-    let i = p.fault_started("broker: close_all_connections");
-    rig.rabbit.lock().await.close_all_connections("chaos: close_all_connections").await?;
-    p.fault_ended(i);
-    Ok(())
+    server_fault(w, after, ServerFault::BrokerCloseAll, Duration::ZERO).await.map(drop)
 }
 
 #[when(expr = "after {duration} the broker raises a memory alarm for {duration}")]
 async fn memory_alarm(w: &mut World, after: DurationParam, hold: DurationParam) -> anyhow::Result<()> {
-    lead_in(after).await;
-    let (p, rig) = (w.chaos.pipeline()?, w.chaos.rig()?);
-    let i = p.fault_started("broker: memory alarm");
-    rig.rabbit.lock().await.set_memory_alarm(true).await?;
-    let raised = chrono::Utc::now();
-    // Holding the fault is the experiment.
-    tokio::time::sleep(hold.0).await;
-    let clearing = chrono::Utc::now();
-    rig.rabbit.lock().await.set_memory_alarm(false).await?;
-    p.fault_ended(i);
-    w.chaos.alarm = Some((raised, clearing));
+    w.chaos.alarm = Some(server_fault(w, after, ServerFault::BrokerMemoryAlarm, hold.0).await?);
     Ok(())
 }
 
@@ -300,25 +281,12 @@ async fn reset_storm(
 
 #[when(expr = "after {duration} the database is stopped for {duration}")]
 async fn db_stopped(w: &mut World, after: DurationParam, hold: DurationParam) -> anyhow::Result<()> {
-    lead_in(after).await;
-    let (p, rig) = (w.chaos.pipeline()?, w.chaos.rig()?);
-    let i = p.fault_started("database: stopped (fast)");
-    rig.pg.lock().await.stop_fast().await?;
-    // Holding the fault is the experiment.
-    tokio::time::sleep(hold.0).await;
-    rig.pg.lock().await.start_again().await?;
-    p.fault_ended(i);
-    Ok(())
+    server_fault(w, after, ServerFault::DatabaseStop, hold.0).await.map(drop)
 }
 
 #[when(expr = "after {duration} the database restarts fast")]
 async fn db_restart(w: &mut World, after: DurationParam) -> anyhow::Result<()> {
-    lead_in(after).await;
-    let (p, rig) = (w.chaos.pipeline()?, w.chaos.rig()?);
-    let i = p.fault_started("database: fast restart");
-    rig.pg.lock().await.restart_fast().await?;
-    p.fault_ended(i);
-    Ok(())
+    server_fault(w, after, ServerFault::DatabaseRestart, Duration::ZERO).await.map(drop)
 }
 
 #[when(expr = "after {duration} the features table is locked for {duration}")]
@@ -479,7 +447,9 @@ async fn blocked_during_alarm(w: &mut World) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[then(expr = "with its links slowed by {int} ms, Algorithm A holds at most {int} unacknowledged chunks while a backlog waits")]
+#[then(
+    expr = "with its links slowed by {int} ms, Algorithm A holds at most {int} unacknowledged chunks while a backlog waits"
+)]
 async fn prefetch_in_force(w: &mut World, slow_ms: u64, limit: u64) -> anyhow::Result<()> {
     let (p, rig) = (w.chaos.pipeline()?, w.chaos.rig()?);
     let queue = p.names.audio_stream();
