@@ -296,6 +296,22 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_waiting_longer_than_allowed_is_named_with_its_wait() {
+        let t = Utc::now();
+        let (quick, slow) = (Uuid::new_v4(), Uuid::new_v4());
+        let late = t + chrono::Duration::seconds(20);
+        let observed = Observed {
+            rows: vec![row(quick, "A", t), row(quick, "B", t), row(slow, "A", t), row(slow, "B", late)],
+            ..Observed::default()
+        };
+        let expect = Expect { max_wait: Some(Duration::from_secs(15)), ..Expect::default() };
+        let v = check(&[sent(quick, 0, t), sent(slow, 1, t)], &expect, &observed);
+        assert_eq!(v.slow.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(), vec![(slow, 1)]);
+        assert!((v.max_wait_secs - 20.0).abs() < 0.01, "{}", v.max_wait_secs);
+        assert!(!v.holds() && v.render().contains("waited 20.0 s"), "{}", v.render());
+    }
+
+    #[test]
     fn poison_must_be_dead_lettered_exactly_once_with_a_reason() {
         let t = Utc::now();
         let p = Uuid::new_v4();
