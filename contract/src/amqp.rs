@@ -2,7 +2,7 @@
 //! sensor headers, `message_id` equal to the body's, published with confirms ("sent" means
 //! confirmed). Consumers ack an input only after their output is confirmed or committed.
 
-use crate::messages::{HEADER_SCHEMA, HEADER_SENSOR_ID};
+use crate::messages::{HEADER_RECEIVED_US, HEADER_SCHEMA, HEADER_SENSOR_ID, HEADER_SENT_US};
 use lapin::{
     BasicProperties, Channel, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
@@ -40,6 +40,15 @@ pub fn json_properties(message_id: &str, schema: &str, sensor_id: &str) -> Basic
         .with_message_id(message_id.into())
         .with_timestamp(chrono::Utc::now().timestamp() as u64)
         .with_headers(headers)
+}
+
+/// Adds the timing headers (contract 1.4) to `props`: `received_us` when the input arrived,
+/// and now as the moment the message is handed to the broker.
+pub fn with_timing(props: BasicProperties, received_us: i64) -> BasicProperties {
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(HEADER_RECEIVED_US.into(), AMQPValue::LongString(received_us.to_string().into()));
+    headers.insert(HEADER_SENT_US.into(), AMQPValue::LongString(crate::messages::now_us().to_string().into()));
+    props.with_headers(headers)
 }
 
 /// Publishes and waits for the broker's confirm; an error means "not sent".

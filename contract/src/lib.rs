@@ -25,4 +25,4 @@ pub use messages::*;
 pub const OPENAPI: &str = include_str!("../../fixtures/contracts/openapi.json");
 
 /// The contract's version (see the change log in `fixtures/contracts/README.md`).
-pub const VERSION: &str = "1.3";
+pub const VERSION: &str = "1.4";

@@ -22,6 +22,17 @@ pub const HEADER_DLQ_REASON: &str = "x-dlq-reason";
 pub const HEADER_DLQ_DETAIL: &str = "x-dlq-detail";
 pub const HEADER_DLQ_QUEUE: &str = "x-dlq-source-queue";
 pub const HEADER_DLQ_CONSUMER: &str = "x-dlq-consumer";
+/// Timing headers (1.4, optional): microseconds since the Unix epoch as a decimal string, set by
+/// the component that produced the message. `x-apq-received-us`: when it received the input the
+/// message was derived from; `x-apq-sent-us`: when it handed the message to the broker. They let
+/// an observer split end-to-end latency into hops; consumers ignore them.
+pub const HEADER_RECEIVED_US: &str = "x-apq-received-us";
+pub const HEADER_SENT_US: &str = "x-apq-sent-us";
+
+/// Now as the timing headers write it (microseconds since the Unix epoch).
+pub fn now_us() -> i64 {
+    Utc::now().timestamp_micros()
+}
 
 /// The three message kinds on the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

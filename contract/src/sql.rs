@@ -20,6 +20,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_exactly_once.sql",
         sql: include_str!("../../fixtures/sql/0002_exactly_once.sql"),
     },
+    Migration { version: 3, name: "0003_timing.sql", sql: include_str!("../../fixtures/sql/0003_timing.sql") },
 ];
 
 /// The backstop index of contract 1.3: one row per (source chunk, feature type).

@@ -1,14 +1,15 @@
 //! Algorithm A: competing consumer on `audio_stream`. Decodes each chunk, extracts signal features
 //! and publishes Feature A to the `features_a` fanout; the input is acked only after the broker
-//! confirmed the output. Bad chunks go to `audio_stream.dlq` with a reason.
+//! confirmed the output (a nacked output is published again later: `output`). Bad chunks go to
+//! `audio_stream.dlq` with a reason.
 
-use crate::amqp::{DeadLetters, dead_letter, json_properties, publish_confirmed};
+use crate::amqp::{DeadLetters, dead_letter, json_properties};
 use crate::config::Settings;
 use crate::contract::{self, AudioChunk, FeatureA, FeatureType, MessageKind, Rejection};
 use crate::runtime::{Health, ServiceError, consume_until_shutdown, start_consuming, supervise};
 use crate::topology::{self, Names};
 use chrono::Utc;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicAckOptions;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
@@ -66,10 +67,12 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                 drop_every: settings.algorithm_a.fault_drop_every,
                 random_ids: settings.faults.random_output_ids,
             };
+            let retry = crate::output::RetryPolicy::for_settings(settings);
             consume_until_shutdown(&conn, &ch, consumer, instance, COMPONENT, health, shutdown, |delivery| {
                 let (ch, names, instance) = (ch.clone(), names.clone(), instance.clone());
+                let (retry, shutdown) = (retry.clone(), shutdown.clone());
                 let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                async move { handle(&ch, &names, &instance, delivery, faults, n).await }
+                async move { handle(&ch, &names, &instance, delivery, faults, n, (&retry, &shutdown)).await }
             })
             .await
         }
@@ -95,8 +98,10 @@ async fn handle(
     delivery: lapin::message::Delivery,
     faults: Faults,
     n: u64,
+    (retry, shutdown): (&crate::output::RetryPolicy, &CancellationToken),
 ) -> Result<(), ServiceError> {
     let Faults { max_bytes, drop_every, random_ids } = faults;
+    let received_us = contract::now_us();
     let queue = names.audio_stream();
     // Decoding and DSP are CPU work: off the async workers (a maximal chunk must not stall the
     // other deliveries or the health endpoint), and a panic is a dead letter, not a crash loop.
@@ -132,10 +137,8 @@ async fn handle(
     }
     let props =
         json_properties(&feature.message_id.to_string(), MessageKind::FeatureA.schema_header(), &feature.sensor_id);
-    if let Err(e) = publish_confirmed(ch, &names.features_a(), "", &body, props).await {
-        delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.ok();
-        return Err(e.into());
-    }
-    delivery.ack(BasicAckOptions::default()).await?;
+    let props = crate::amqp::with_timing(props, received_us);
+    let output = crate::output::Output { exchange: &names.features_a(), body: &body, props };
+    crate::output::publish_and_settle(ch, &delivery, output, retry, shutdown).await?;
     Ok(())
 }

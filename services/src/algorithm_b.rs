@@ -2,13 +2,13 @@
 //! classifies each Feature A into an acoustic event and publishes Feature B to `features_b`.
 //! Same rules as Algorithm A: ack after confirm, bad input to the queue's DLQ with a reason.
 
-use crate::amqp::{DeadLetters, dead_letter, json_properties, publish_confirmed};
+use crate::amqp::{DeadLetters, dead_letter, json_properties};
 use crate::config::Settings;
 use crate::contract::{self, EventClass, EventFeatures, FeatureA, FeatureB, FeatureType, MessageKind, SignalFeatures};
 use crate::runtime::{Health, ServiceError, consume_until_shutdown, start_consuming, supervise};
 use crate::topology::{self, Names};
 use chrono::Utc;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicAckOptions;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
@@ -79,11 +79,20 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                     .await?;
             let max = settings.amqp.max_message_bytes;
             let drop_every = settings.algorithm_b.fault_drop_every;
+            let delay = std::time::Duration::from_millis(settings.algorithm_b.fault_delay_ms);
+            if !delay.is_zero() {
+                tracing::warn!(?delay, "FAULT INJECTION ACTIVE: every Feature B is held before it is published");
+            }
             let random_ids = settings.faults.random_output_ids;
+            let retry = crate::output::RetryPolicy::for_settings(settings);
             consume_until_shutdown(&conn, &ch, consumer, instance, COMPONENT, health, shutdown, |delivery| {
                 let (ch, names, instance) = (ch.clone(), names.clone(), instance.clone());
+                let (retry, shutdown) = (retry.clone(), shutdown.clone());
                 let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                async move { handle(&ch, &names, &instance, delivery, max, (drop_every, random_ids), n).await }
+                async move {
+                    let settle = (&retry, &shutdown);
+                    handle(&ch, &names, &instance, delivery, max, (drop_every, random_ids, delay), n, settle).await
+                }
             })
             .await
         }
@@ -91,15 +100,18 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
     .await;
 }
 
+#[allow(clippy::too_many_arguments)] // one delivery's context, each borrowed from the session
 async fn handle(
     ch: &lapin::Channel,
     names: &Names,
     instance: &str,
     delivery: lapin::message::Delivery,
     max_bytes: usize,
-    (drop_every, random_ids): (u64, bool),
+    (drop_every, random_ids, delay): (u64, bool, std::time::Duration),
     n: u64,
+    (retry, shutdown): (&crate::output::RetryPolicy, &CancellationToken),
 ) -> Result<(), ServiceError> {
+    let received_us = contract::now_us();
     let queue = names.algorithm_b_queue();
     let dlq = DeadLetters::new(names, &Names::dlq_of(&queue), &queue, instance);
     let a = match crate::amqp::guarded(|| crate::amqp::decode_delivery::<FeatureA>(&delivery, max_bytes)) {
@@ -128,12 +140,14 @@ async fn handle(
             return Ok(());
         }
     };
-    let props = json_properties(&b.message_id.to_string(), MessageKind::FeatureB.schema_header(), &b.sensor_id);
-    if let Err(e) = publish_confirmed(ch, &names.features_b(), "", &body, props).await {
-        delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.ok();
-        return Err(e.into());
+    if !delay.is_zero() {
+        // The fault: a slow stage (the waterfall must attribute it to Algorithm B).
+        tokio::time::sleep(delay).await;
     }
-    delivery.ack(BasicAckOptions::default()).await?;
+    let props = json_properties(&b.message_id.to_string(), MessageKind::FeatureB.schema_header(), &b.sensor_id);
+    let props = crate::amqp::with_timing(props, received_us);
+    let output = crate::output::Output { exchange: &names.features_b(), body: &body, props };
+    crate::output::publish_and_settle(ch, &delivery, output, retry, shutdown).await?;
     Ok(())
 }
 

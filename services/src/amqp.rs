@@ -5,7 +5,9 @@ use crate::contract::{HEADER_DLQ_CONSUMER, HEADER_DLQ_DETAIL, HEADER_DLQ_QUEUE, 
 use lapin::{Channel, Connection, ConnectionProperties, message::Delivery, options::BasicAckOptions, types::AMQPValue};
 use std::time::Duration;
 
-pub use contract::amqp::{PublishError as AmqpError, confirm_channel, header_str, json_properties, publish_confirmed};
+pub use contract::amqp::{
+    PublishError as AmqpError, confirm_channel, header_str, json_properties, publish_confirmed, with_timing,
+};
 
 /// Opens a connection, retrying with jittered exponential backoff until it works or `shutdown`
 /// fires (None). The URL gets the configured heartbeat and a connect timeout unless it names its

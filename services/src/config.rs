@@ -44,6 +44,9 @@ pub struct FaultSettings {
     /// Random output ids per processing attempt (and no per-source backstop index): a
     /// redelivered input becomes a second Feature A/B and a second row.
     pub random_output_ids: bool,
+    /// Algorithm A and B ack their input as soon as the output is published, before its
+    /// publisher confirm arrives, and whatever the confirm says (a nack loses the chunk).
+    pub ack_before_confirm: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,11 +114,14 @@ pub struct ConsumerSettings {
     /// Test hook for fault-injection runs: drop (ack without publishing) every Nth message.
     /// 0 disables it. Exists so the harness can prove it notices a lossy stage.
     pub fault_drop_every: u64,
+    /// Test hook (Algorithm B only): hold each message this many ms before publishing its
+    /// output, so the harness can prove its latency waterfall names the slow stage. 0 = off.
+    pub fault_delay_ms: u64,
 }
 
 impl Default for ConsumerSettings {
     fn default() -> Self {
-        Self { prefetch: 32, fault_drop_every: 0 }
+        Self { prefetch: 32, fault_drop_every: 0, fault_delay_ms: 0 }
     }
 }
 
@@ -127,6 +133,9 @@ pub struct DataWriterSettings {
     /// Longest a partial batch waits for more rows before it is flushed; 0 (the default) writes
     /// as soon as no further delivery is waiting (group commit: batches grow with the load).
     pub flush_interval_ms: u64,
+    /// Database connections writing at once: a batch's INSERT and commit overlap the previous
+    /// one's (acks stay in order). 1 = one batch at a time.
+    pub connections: usize,
     /// Unacked deliveries in flight; must exceed batch_size for batches to fill.
     pub prefetch: u16,
     /// Fault injection: write without `ON CONFLICT DO NOTHING` and drop the UNIQUE index,
@@ -150,6 +159,9 @@ pub struct DataWriterSettings {
     /// Fault injection: no write/connect timeouts, no keepalive, unbounded shutdown: a silent
     /// database link hangs the writer forever. Never in production.
     pub fault_no_deadlines: bool,
+    /// Fault injection: ack a batch's deliveries before its INSERT commits (a crash between the
+    /// two loses the batch). Never in production.
+    pub fault_ack_before_commit: bool,
 }
 
 impl Default for DataWriterSettings {
@@ -157,6 +169,7 @@ impl Default for DataWriterSettings {
         Self {
             batch_size: 100,
             flush_interval_ms: 0,
+            connections: 2,
             prefetch: 400,
             fault_ignore_unique: false,
             fault_retry_rejected: false,
@@ -166,6 +179,7 @@ impl Default for DataWriterSettings {
             keepalive_idle_ms: 5_000,
             shutdown_timeout_ms: 10_000,
             fault_no_deadlines: false,
+            fault_ack_before_commit: false,
         }
     }
 }
@@ -321,8 +335,10 @@ impl Settings {
         set!("APQ_ALGORITHM_A_FAULT_DROP_EVERY", self.algorithm_a.fault_drop_every);
         set!("APQ_ALGORITHM_B_PREFETCH", self.algorithm_b.prefetch);
         set!("APQ_ALGORITHM_B_FAULT_DROP_EVERY", self.algorithm_b.fault_drop_every);
+        set!("APQ_ALGORITHM_B_FAULT_DELAY_MS", self.algorithm_b.fault_delay_ms);
         set!("APQ_WRITER_BATCH_SIZE", self.data_writer.batch_size);
         set!("APQ_WRITER_FLUSH_INTERVAL_MS", self.data_writer.flush_interval_ms);
+        set!("APQ_WRITER_CONNECTIONS", self.data_writer.connections);
         set!("APQ_WRITER_PREFETCH", self.data_writer.prefetch);
         set!("APQ_WRITER_FAULT_IGNORE_UNIQUE", self.data_writer.fault_ignore_unique);
         set!("APQ_WRITER_FAULT_RETRY_REJECTED", self.data_writer.fault_retry_rejected);
@@ -332,6 +348,7 @@ impl Settings {
         set!("APQ_RECONNECT_MAX_MS", self.amqp.reconnect_max_ms);
         set!("APQ_HEARTBEAT_SECS", self.amqp.heartbeat_secs);
         set!("APQ_FAULT_RANDOM_OUTPUT_IDS", self.faults.random_output_ids);
+        set!("APQ_FAULT_ACK_BEFORE_CONFIRM", self.faults.ack_before_confirm);
         set!("APQ_FAULT_BACKOFF_NO_RESET", self.amqp.fault_backoff_no_reset);
         set!("APQ_FAULT_NO_HEARTBEAT", self.amqp.fault_no_heartbeat);
         set!("APQ_WRITER_WRITE_TIMEOUT_MS", self.data_writer.write_timeout_ms);
@@ -339,6 +356,7 @@ impl Settings {
         set!("APQ_WRITER_KEEPALIVE_IDLE_MS", self.data_writer.keepalive_idle_ms);
         set!("APQ_WRITER_SHUTDOWN_TIMEOUT_MS", self.data_writer.shutdown_timeout_ms);
         set!("APQ_WRITER_FAULT_NO_DEADLINES", self.data_writer.fault_no_deadlines);
+        set!("APQ_WRITER_FAULT_ACK_BEFORE_COMMIT", self.data_writer.fault_ack_before_commit);
         set!("APQ_API_FAULT_NO_CACHE_REFILL", self.rest_api.fault_no_cache_refill);
         set_str!("APQ_API_BIND", self.rest_api.bind);
         if let Some(v) = get("APQ_API_TOKENS") {
@@ -373,6 +391,9 @@ impl Settings {
         let bad = |var: &str, reason: &str| Err(ConfigError::Env { var: var.into(), reason: reason.into() });
         if self.data_writer.batch_size == 0 {
             return bad("data_writer.batch_size", "must be at least 1");
+        }
+        if self.data_writer.connections == 0 {
+            return bad("data_writer.connections", "must be at least 1");
         }
         if self.rest_api.rate_limit_per_sec <= 0.0 || !self.rest_api.rate_limit_per_sec.is_finite() {
             return bad("rest_api.rate_limit_per_sec", "must be a positive number");
@@ -482,6 +503,12 @@ pub const ENV_VARS: &[EnvVar] = &[
         |s| s.data_writer.flush_interval_ms.to_string(),
         "longest wait of a partial batch (0: group commit)"
     ),
+    var!(
+        "APQ_WRITER_CONNECTIONS",
+        WRITER,
+        |s| s.data_writer.connections.to_string(),
+        "batches written at once, one connection each (acks stay in order)"
+    ),
     var!("APQ_WRITER_PREFETCH", WRITER, |s| s.data_writer.prefetch.to_string(), "unacked deliveries per writer queue"),
     var!(
         "APQ_WRITER_WRITE_TIMEOUT_MS",
@@ -565,6 +592,12 @@ pub const ENV_VARS: &[EnvVar] = &[
     ),
     var!("APQ_ALGORITHM_B_FAULT_DROP_EVERY", &["algorithm-b", "live"], |_| "0 (off)".into(), "FAULT: as for A"),
     var!(
+        "APQ_ALGORITHM_B_FAULT_DELAY_MS",
+        &["algorithm-b", "live"],
+        |_| "0 (off)".into(),
+        "FAULT: hold each message this long before publishing (a slow stage)"
+    ),
+    var!(
         "APQ_WRITER_FAULT_IGNORE_UNIQUE",
         &["data-writer", "migrate", "live"],
         |_| "false".into(),
@@ -578,6 +611,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     ),
     var!("APQ_WRITER_FAULT_UNBOUNDED_PROCESSED_BY", WRITER, |_| "false".into(), "FAULT: processed_by beyond its bound"),
     var!("APQ_WRITER_FAULT_NO_DEADLINES", WRITER, |_| "false".into(), "FAULT: no write/connect timeouts, no keepalive"),
+    var!("APQ_WRITER_FAULT_ACK_BEFORE_COMMIT", WRITER, |_| "false".into(), "FAULT: ack a batch before it commits"),
     var!(
         "APQ_FAULT_BYTE_TRUNCATE_DETAIL",
         CONSUMERS,
@@ -589,6 +623,12 @@ pub const ENV_VARS: &[EnvVar] = &[
         &["algorithm-a", "algorithm-b", "migrate", "live"],
         |_| "false".into(),
         "FAULT: random output ids, no per-source backstop"
+    ),
+    var!(
+        "APQ_FAULT_ACK_BEFORE_CONFIRM",
+        &["algorithm-a", "algorithm-b", "live"],
+        |_| "false".into(),
+        "FAULT: ack the input before the output's confirm"
     ),
     var!("APQ_FAULT_BACKOFF_NO_RESET", BROKER, |_| "false".into(), "FAULT: backoff without jitter, never reset"),
     var!("APQ_FAULT_NO_HEARTBEAT", BROKER, |_| "false".into(), "FAULT: no heartbeat requested"),
@@ -618,6 +658,15 @@ mod tests {
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
+    }
+
+    /// The adapter protocol documents every variable the reference reads (an implementation's
+    /// authors read that table, not this file).
+    #[test]
+    fn every_variable_is_in_the_adapter_table() {
+        let doc = include_str!("../../fixtures/contracts/adapter.md");
+        let missing: Vec<&str> = ENV_VARS.iter().map(|v| v.name).filter(|n| !doc.contains(&format!("`{n}`"))).collect();
+        assert!(missing.is_empty(), "not in fixtures/contracts/adapter.md: {missing:?}");
     }
 
     #[test]

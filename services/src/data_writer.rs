@@ -30,13 +30,17 @@ struct Batch {
     rows: Vec<AnyFeature>,
     /// The deliveries that carried them (same order), with the queue (feature type) each came from.
     deliveries: Vec<(FeatureType, Delivery)>,
+    /// When each delivery arrived (same order): the rows' `received_at`, so the load runner can
+    /// tell batch wait from queueing before the writer.
+    received: Vec<chrono::DateTime<chrono::Utc>>,
     /// When the first message of this batch arrived; the flush deadline counts from here.
     started: Option<Instant>,
 }
 
 impl Batch {
-    fn push(&mut self, row: AnyFeature, delivery: Delivery) {
+    fn push(&mut self, row: AnyFeature, delivery: Delivery, received: chrono::DateTime<chrono::Utc>) {
         self.started.get_or_insert_with(Instant::now);
+        self.received.push(received);
         self.deliveries.push((row.feature_type(), delivery));
         self.rows.push(row);
     }
@@ -122,6 +126,12 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
              without ON CONFLICT; redelivered messages WILL produce duplicate rows. Never use in production."
         );
     }
+    if settings.data_writer.fault_ack_before_commit {
+        tracing::warn!(
+            "FAULT INJECTION ACTIVE: data_writer.fault_ack_before_commit acks each batch before its INSERT \
+             commits; a crash in between LOSES the batch. Never use in production."
+        );
+    }
     if settings.data_writer.fault_no_deadlines {
         tracing::warn!(
             "FAULT INJECTION ACTIVE: data_writer.fault_no_deadlines: no write/connect timeouts, no keepalive, \
@@ -134,17 +144,26 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
         async move {
             let deadlines = Deadlines::of(&settings.data_writer);
             let backoff = crate::amqp::Backoff::for_settings(&settings.amqp);
-            let Some(mut db) = crate::db::connect(&settings.database.url, deadlines.liveness, backoff, shutdown).await
-            else {
-                return Ok(SessionEnd::Shutdown);
-            };
-            let insert = deadlines
-                .bound("preparing the database", async {
-                    crate::db::migrate(&mut db).await?;
-                    crate::db::set_idempotency(&db, crate::db::Idempotency::from_settings(settings)).await?;
-                    crate::db::prepare_insert(&db, settings.data_writer.fault_ignore_unique).await
-                })
-                .await?;
+            // Several connections, so one batch's INSERT and commit overlap the previous one's
+            // (the database flushes concurrent commits together); acks still go out in order.
+            let mut writers = Vec::new();
+            for i in 0..settings.data_writer.connections.max(1) {
+                let Some(mut db) =
+                    crate::db::connect(&settings.database.url, deadlines.liveness, backoff.clone(), shutdown).await
+                else {
+                    return Ok(SessionEnd::Shutdown);
+                };
+                let insert = deadlines
+                    .bound("preparing the database", async {
+                        if i == 0 {
+                            crate::db::migrate(&mut db).await?;
+                            crate::db::set_idempotency(&db, crate::db::Idempotency::from_settings(settings)).await?;
+                        }
+                        crate::db::prepare_insert(&db, settings.data_writer.fault_ignore_unique).await
+                    })
+                    .await?;
+                writers.push(Writer { db, insert });
+            }
 
             // One channel per queue: deliveries on a channel arrive in tag order, so a batch is
             // settled with one multiple-ack per channel.
@@ -157,6 +176,7 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                 a: (ch_a.clone(), DeadLetters::new(names, &Names::dlq_of(&queue_a), &queue_a, instance)),
                 b: (ch_b.clone(), DeadLetters::new(names, &Names::dlq_of(&queue_b), &queue_b, instance)),
                 retry_rejected: faults.retry_rejected,
+                ack_before_commit: settings.data_writer.fault_ack_before_commit,
             };
             let mut consumers = Vec::new();
             for (ch, queue, tag) in [(&ch_a, &queue_a, &tag_a), (&ch_b, &queue_b, &tag_b)] {
@@ -179,14 +199,18 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
             let mut batch = Batch::default();
             // Acks of committed batches, sent in order by their own task while the next batch
             // is read and written.
-            let mut acks = Acks::start();
+            let acks = Acks::start();
+            let mut flusher = Flusher::new(writers, &sinks, &deadlines, health, acks);
             loop {
-                acks.check()?;
+                flusher.acks.check()?;
                 let deadline = batch.started.map(|t| t + flush_every);
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
+                    done = flusher.inflight.next(), if !flusher.inflight.is_empty() => {
+                        flusher.finished(done)?;
+                    }
                     _ = sleep_until(deadline), if !batch.is_empty() => {
-                        flush(&db, &insert, &mut batch, &mut acks, &sinks, &deadlines, health).await?;
+                        flusher.submit(&mut batch).await?;
                     }
                     next = deliveries.next() => {
                         let mut next = Some(next);
@@ -197,11 +221,12 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                                 Some((t, d)) => (t, d?),
                                 None => return Err(ServiceError::Other("consumer stream ended".into())),
                             };
+                            let received = chrono::Utc::now();
                             let ch = if feature_type == FeatureType::A { &ch_a } else { &ch_b };
                             let props = crate::amqp::DeliveryProps::of(&delivery);
                             let max = settings.amqp.max_message_bytes;
                             match crate::amqp::guarded(|| decode(feature_type, &delivery.data, &props.envelope(), max, &faults)) {
-                                Ok(row) => batch.push(row, delivery),
+                                Ok(row) => batch.push(row, delivery, received),
                                 Err(rejection) => {
                                     dead_letter(ch, &delivery, if feature_type == FeatureType::A { &sinks.a.1 } else { &sinks.b.1 }, &rejection).await?;
                                 }
@@ -211,7 +236,7 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
                             }
                         }
                         if batch.len() >= settings.data_writer.batch_size || flush_every.is_zero() {
-                            flush(&db, &insert, &mut batch, &mut acks, &sinks, &deadlines, health).await?;
+                            flusher.submit(&mut batch).await?;
                         }
                     }
                 }
@@ -221,10 +246,11 @@ pub async fn run(settings: Settings, health: Health, shutdown: CancellationToken
             for (ch, tag) in [(&ch_a, &tag_a), (&ch_b, &tag_b)] {
                 ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await.ok();
             }
-            if let Err(e) = flush(&db, &insert, &mut batch, &mut acks, &sinks, &deadlines, health).await {
+            let submitted = flusher.submit(&mut batch).await;
+            if let Err(e) = submitted.and(flusher.drain().await) {
                 tracing::warn!(error = %e, "final flush failed; the batch was requeued");
             }
-            if let Err(e) = acks.finish().await {
+            if let Err(e) = flusher.into_acks().finish().await {
                 tracing::warn!(error = %e, "acks failed at shutdown; the broker redelivers and the UNIQUE key drops the copies");
             }
             health.set_ready(false);
@@ -298,6 +324,8 @@ struct Sinks {
     b: (lapin::Channel, DeadLetters),
     /// Fault injection: requeue a refused batch forever instead of isolating the bad rows.
     retry_rejected: bool,
+    /// Fault injection: ack the batch before its INSERT commits.
+    ack_before_commit: bool,
 }
 
 /// Writes the batch with one statement (its own transaction, one round trip), then starts its
@@ -307,21 +335,28 @@ struct Sinks {
 /// row never blocks the others. On any other database error the deliveries are requeued and the
 /// error is returned, so the session restarts (and reconnects).
 async fn flush(
-    db: &tokio_postgres::Client,
-    insert: &tokio_postgres::Statement,
-    batch: &mut Batch,
-    acks: &mut Acks,
+    writer: &Writer,
+    taken: Batch,
+    acks: &mut Settles,
+    early: &tokio::sync::mpsc::UnboundedSender<Settle>,
     sinks: &Sinks,
     deadlines: &Deadlines,
     health: &Health,
 ) -> Result<(), ServiceError> {
-    if batch.is_empty() {
+    if taken.is_empty() {
         return Ok(());
     }
-    let taken = std::mem::take(batch);
+    if sinks.ack_before_commit {
+        // The fault: settled before the database has the rows; a crash now loses them.
+        for d in taken.last_per_queue() {
+            let _ = early.send(Settle::Ack(d.acker.clone()));
+        }
+    }
     let started = Instant::now();
     health.work_started();
-    let written = deadlines.bound("writing a batch", crate::db::insert_prepared(db, insert, &taken.rows)).await;
+    let written = deadlines
+        .bound("writing a batch", crate::db::insert_prepared(&writer.db, &writer.insert, &taken.rows, &taken.received))
+        .await;
     health.work_done();
     crate::metrics::flush(taken.len(), started.elapsed(), written.is_ok());
     match written {
@@ -332,19 +367,21 @@ async fn flush(
             } else {
                 tracing::debug!(batch = taken.len(), inserted, took_ms, "batch committed");
             }
-            for d in taken.last_per_queue() {
-                acks.send(Settle::Ack(d.acker.clone()));
+            if !sinks.ack_before_commit {
+                for d in taken.last_per_queue() {
+                    acks.send(Settle::Ack(d.acker.clone()));
+                }
             }
             Ok(())
         }
         Err(e) if e.is_refusal() && !sinks.retry_rejected => {
             tracing::warn!(error = %e, batch = taken.len(), "the database refused a batch; writing its rows one by one");
-            isolate(db, insert, taken, acks, sinks, deadlines).await
+            isolate(&writer.db, &writer.insert, taken, acks, sinks, deadlines).await
         }
         Err(e) => {
             // Behind the acks of earlier batches; the session then restarts, and whatever is
             // still unsettled when the channel closes is requeued by the broker anyway.
-            for d in taken.last_per_queue() {
+            for d in taken.last_per_queue().filter(|_| !sinks.ack_before_commit) {
                 acks.send(Settle::Requeue(d.acker.clone()));
             }
             Err(e.into())
@@ -358,14 +395,14 @@ async fn isolate(
     db: &tokio_postgres::Client,
     insert: &tokio_postgres::Statement,
     taken: Batch,
-    acks: &mut Acks,
+    acks: &mut Settles,
     sinks: &Sinks,
     deadlines: &Deadlines,
 ) -> Result<(), ServiceError> {
-    let mut pending = taken.rows.into_iter().zip(taken.deliveries);
-    while let Some((row, (feature_type, delivery))) = pending.next() {
+    let mut pending = taken.rows.into_iter().zip(taken.deliveries).zip(taken.received);
+    while let Some(((row, (feature_type, delivery)), received)) = pending.next() {
         match deadlines
-            .bound("writing one row", crate::db::insert_prepared(db, insert, std::slice::from_ref(&row)))
+            .bound("writing one row", crate::db::insert_prepared(db, insert, std::slice::from_ref(&row), &[received]))
             .await
         {
             Ok(_) => acks.send(Settle::AckOne(delivery.acker.clone())),
@@ -377,7 +414,7 @@ async fn isolate(
             }
             Err(e) => {
                 acks.send(Settle::RequeueOne(delivery.acker.clone()));
-                for (_, (_, d)) in pending {
+                for ((_, (_, d)), _) in pending {
                     acks.send(Settle::RequeueOne(d.acker.clone()));
                 }
                 return Err(e.into());
@@ -385,6 +422,103 @@ async fn isolate(
         }
     }
     Ok(())
+}
+
+/// One database connection of the writer with its prepared INSERT.
+struct Writer {
+    /// The connection (its driver runs on a task of its own).
+    db: tokio_postgres::Client,
+    /// The INSERT, prepared on this connection.
+    insert: tokio_postgres::Statement,
+}
+
+/// What one flush wants settled, in order; applied once every earlier flush's are.
+#[derive(Default)]
+struct Settles(Vec<Settle>);
+
+impl Settles {
+    fn send(&mut self, settle: Settle) {
+        self.0.push(settle);
+    }
+}
+
+/// A flush in flight: gives its connection back with its settlements and outcome.
+type InFlight<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (Writer, Settles, Result<(), ServiceError>)> + Send + 'a>>;
+
+/// Runs up to one flush per connection at once. Flushes finish in any order but are settled
+/// in submission order ([`futures::stream::FuturesOrdered`]): a later batch's multiple-ack never
+/// goes out before an earlier batch is committed.
+struct Flusher<'a> {
+    /// Connections not writing now.
+    idle: Vec<Writer>,
+    /// Flushes in submission order.
+    inflight: futures::stream::FuturesOrdered<InFlight<'a>>,
+    /// Where refused rows go.
+    sinks: &'a Sinks,
+    /// Bounds on each write.
+    deadlines: &'a Deadlines,
+    /// Stall detection (work started / done).
+    health: &'a Health,
+    /// The ordered ack sender.
+    acks: Acks,
+    /// Its queue, for the ack-before-commit fault (settles before the flush has finished).
+    early: tokio::sync::mpsc::UnboundedSender<Settle>,
+}
+
+impl<'a> Flusher<'a> {
+    fn new(writers: Vec<Writer>, sinks: &'a Sinks, deadlines: &'a Deadlines, health: &'a Health, acks: Acks) -> Self {
+        let inflight = futures::stream::FuturesOrdered::new();
+        let early = acks.queue.clone();
+        Flusher { idle: writers, inflight, sinks, deadlines, health, acks, early }
+    }
+
+    /// Starts writing `batch` (taken) on an idle connection, first waiting for the oldest
+    /// flush when all are busy.
+    async fn submit(&mut self, batch: &mut Batch) -> Result<(), ServiceError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        while self.idle.is_empty() {
+            let done = self.inflight.next().await;
+            self.finished(done)?;
+        }
+        let writer = self.idle.pop().expect("an idle connection");
+        let taken = std::mem::take(batch);
+        let (sinks, deadlines, health, early) = (self.sinks, self.deadlines, self.health, self.early.clone());
+        self.inflight.push_back(Box::pin(async move {
+            let mut settles = Settles::default();
+            let result = flush(&writer, taken, &mut settles, &early, sinks, deadlines, health).await;
+            (writer, settles, result)
+        }));
+        Ok(())
+    }
+
+    /// Settles a finished flush (in order) and takes its connection back; its error ends the
+    /// session (whatever is still unsettled is requeued when the channels close).
+    fn finished(&mut self, done: Option<(Writer, Settles, Result<(), ServiceError>)>) -> Result<(), ServiceError> {
+        let Some((writer, settles, result)) = done else { return Ok(()) };
+        for s in settles.0 {
+            self.acks.send(s);
+        }
+        result?;
+        self.idle.push(writer);
+        Ok(())
+    }
+
+    /// The ack sender alone (the fault's queue clone dropped, so it can finish).
+    fn into_acks(self) -> Acks {
+        self.acks
+    }
+
+    /// Waits for every flush in flight.
+    async fn drain(&mut self) -> Result<(), ServiceError> {
+        while !self.inflight.is_empty() {
+            let done = self.inflight.next().await;
+            self.finished(done)?;
+        }
+        Ok(())
+    }
 }
 
 /// How to settle deliveries: a batch with one `multiple` settlement up to the delivery named, or

@@ -338,14 +338,14 @@ pub async fn set_idempotency(client: &Client, want: Idempotency) -> Result<(), D
 /// Untargeted `ON CONFLICT DO NOTHING`: a copy of a stored message (same `message_id`) and a
 /// second row for a stored source chunk and type (the backstop) are both skipped.
 const INSERT_IDEMPOTENT: &str = "INSERT INTO features
-    (message_id, feature_type, sensor_id, source_message_id, sequence, captured_at, processed_by, features, message)
-    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int8[], $6::timestamptz[], $7::text[], $8::jsonb[], $9::jsonb[])
+    (message_id, feature_type, sensor_id, source_message_id, sequence, captured_at, processed_by, features, message, received_at)
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int8[], $6::timestamptz[], $7::text[], $8::jsonb[], $9::jsonb[], $10::timestamptz[])
     ON CONFLICT DO NOTHING";
 
 /// The fault hook's variant: no conflict handling, so redeliveries become extra rows.
 const INSERT_IGNORING_UNIQUE: &str = "INSERT INTO features
-    (message_id, feature_type, sensor_id, source_message_id, sequence, captured_at, processed_by, features, message)
-    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int8[], $6::timestamptz[], $7::text[], $8::jsonb[], $9::jsonb[])";
+    (message_id, feature_type, sensor_id, source_message_id, sequence, captured_at, processed_by, features, message, received_at)
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int8[], $6::timestamptz[], $7::text[], $8::jsonb[], $9::jsonb[], $10::timestamptz[])";
 
 /// The INSERT a writer runs, for [`prepare_insert`].
 pub fn insert_sql(ignore_unique: bool) -> &'static str {
@@ -369,30 +369,34 @@ pub async fn insert_batch<C: GenericClient>(
         return Ok(0);
     }
     let statement = prepare_insert(client, ignore_unique).await?;
-    insert_prepared(client, &statement, batch).await
+    insert_prepared(client, &statement, batch, &[]).await
 }
 
 /// [`insert_batch`] with a statement from [`prepare_insert`]. Outside a transaction the
-/// statement is its own transaction: all rows or none, one round trip.
+/// statement is its own transaction: all rows or none, one round trip. `received[i]` is when
+/// `batch[i]`'s delivery arrived (the `received_at` column, contract 1.4); empty = not recorded.
 pub async fn insert_prepared<C: GenericClient>(
     client: &C,
     statement: &Statement,
     batch: &[AnyFeature],
+    received: &[DateTime<Utc>],
 ) -> Result<u64, DbError> {
     if batch.is_empty() {
         return Ok(0);
     }
     // Sorted by key so that two writers inserting overlapping batches lock in the same order
     // (no deadlock between them).
-    let mut rows: Vec<&AnyFeature> = batch.iter().collect();
-    rows.sort_by_key(|f| f.message_id());
+    let mut rows: Vec<(&AnyFeature, Option<DateTime<Utc>>)> =
+        batch.iter().enumerate().map(|(i, f)| (f, received.get(i).copied())).collect();
+    rows.sort_by_key(|(f, _)| f.message_id());
     let n = rows.len();
     let (mut ids, mut types, mut sensors, mut sources) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut seqs, mut captured, mut by, mut features) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let mut messages = Vec::with_capacity(n);
-    for f in rows {
+    let (mut messages, mut arrived) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for (f, at) in rows {
+        arrived.push(at);
         ids.push(f.message_id());
         types.push(f.feature_type().as_str());
         sensors.push(f.sensor_id());
@@ -404,7 +408,7 @@ pub async fn insert_prepared<C: GenericClient>(
         messages.push(f.to_json());
     }
     Ok(client
-        .execute(statement, &[&ids, &types, &sensors, &sources, &seqs, &captured, &by, &features, &messages])
+        .execute(statement, &[&ids, &types, &sensors, &sources, &seqs, &captured, &by, &features, &messages, &arrived])
         .await?)
 }
 

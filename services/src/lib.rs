@@ -4,7 +4,8 @@
 //! - [`config`]: what an operator sets (TOML file + `APQ_*` env), one struct per component.
 //! - [`contract`], [`topology`]: re-exported from the `contract` crate (message types, schemas,
 //!   names), which the harness shares; nothing of this crate is visible to the harness.
-//! - [`amqp`]: connecting with backoff, publishing with confirms, dead-lettering with a reason.
+//! - [`amqp`]: connecting with backoff, publishing with confirms, dead-lettering with a reason;
+//!   [`output`]: a consumer's output published until confirmed (nacks retried), then its input acked.
 //! - [`dsp`]: PCM decoding, feature extraction (rustfft) and signal generators.
 //! - [`sensor`], [`algorithm_a`], [`algorithm_b`], [`data_writer`], [`rest_api`]: the components.
 //! - [`db`]: schema migrations and the SQL the data writer and the API share.
@@ -23,6 +24,7 @@ pub mod data_writer;
 pub mod db;
 pub mod dsp;
 pub mod metrics;
+pub mod output;
 pub mod rest_api;
 pub mod runtime;
 pub mod sensor;

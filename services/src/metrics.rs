@@ -68,3 +68,8 @@ pub fn cache_refilled(rows: usize) {
     metrics::counter!("apq_api_cache_refills_total").increment(1);
     metrics::counter!("apq_api_cache_refilled_rows_total").increment(rows as u64);
 }
+
+/// An output publish the broker refused (nacked); it is published again later.
+pub fn publish_nacked(exchange: &str) {
+    metrics::counter!("apq_publish_nacks_total", "exchange" => exchange.to_string()).increment(1);
+}

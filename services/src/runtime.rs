@@ -15,6 +15,8 @@ pub enum ServiceError {
     Amqp(#[from] AmqpError),
     #[error("broker error: {0}")]
     Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
     #[error("database error: {0}")]
     Db(#[from] tokio_postgres::Error),
     #[error("database pool error: {0}")]

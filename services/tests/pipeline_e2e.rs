@@ -307,6 +307,26 @@ async fn sine_flows_from_sensor_to_api() {
     assert_eq!(row["source_message_id"], source.as_str(), "by-id source_message_id; row {row}");
     assert_eq!(row["features"], a.features, "by-id features must be the stored A features");
 
+    // Contract 1.4 timing: each row says when the writer received it and when the INSERT made
+    // it, in order (received ≤ statement start ≤ row produced).
+    for r in db
+        .query(
+            "SELECT feature_type::text, received_at, written_at, inserted_at FROM features WHERE sensor_id = $1",
+            &[&sensor_id],
+        )
+        .await
+        .unwrap()
+    {
+        type At = chrono::DateTime<chrono::Utc>;
+        let (t, received, written, inserted): (String, Option<At>, At, Option<At>) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let (received, inserted) = (received.expect("received_at is recorded"), inserted.expect("inserted_at is set"));
+        assert!(
+            received <= written && written <= inserted,
+            "row {t}: received {received}, written {written}, inserted {inserted}"
+        );
+    }
+
     // Still exactly one row per type once everything has settled (no late duplicate).
     let settled = rows(&db, sensor_id).await;
     let (na, nb) = (of_type(&settled, "A").len(), of_type(&settled, "B").len());
