@@ -94,6 +94,24 @@ if [ -n "$run_dir" ] && [ "$run_dir" != "$before" ] && [ -f "$summary" ]; then
 else
   p=0; f=1; say "no summary written (exit $rc)"
 fi
+# The latency waterfall (issue #15) must be in the report and add up: one more check.
+if [ -f "$summary" ] && python3 - "$summary" "${run_dir}index.html" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+w = d.get("waterfall")
+html = open(sys.argv[2]).read() if sys.argv[2] else ""
+if not w or w["complete"] == 0:
+    sys.exit("load-smoke: no latency waterfall in the report (no paced chunk complete)")
+if abs(w["residual_mean_ms"]) > 0.01 or abs(w["residual_tail_ms"]) > 0.01:
+    sys.exit(f"load-smoke: waterfall segments do not add up: residual {w['residual_mean_ms']} / {w['residual_tail_ms']} ms")
+if 'id="waterfall"' not in html:
+    sys.exit("load-smoke: the HTML report has no waterfall section")
+e = w["end_to_end"]
+big = sorted(w["segments"], key=lambda s: -s["p99_ms"])[:3]
+print(f"load-smoke: waterfall of {w['complete']} chunks: end to end p50 {e['p50_ms']:.1f} / p99 {e['p99_ms']:.1f} ms; largest p99 segments: "
+      + ", ".join(f"{s['key']} {s['p99_ms']:.1f} ms" for s in big))
+PY
+then p=$((p + 1)); else f=$((f + 1)); fi
 # A harness error (exit 1) counts as a failure even if every gate written so far passed.
 [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && f=1
 

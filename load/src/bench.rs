@@ -3,7 +3,9 @@
 //! 2. the pipeline's end-to-end chunks/s at 0 loss vs the raw broker's single-queue
 //!    publish+consume rate for the same message size, hop-normalized;
 //! 3. DataWriter rows/s vs a raw multi-row INSERT into the same table;
-//! 4. the REST `latest` endpoint's p99 at 50% of its max rate.
+//! 4. the REST `latest` endpoint's p99 at 50% of its max rate;
+//! 5. the harness tap's latency: how long after a bare consumer of the same fanout gets a message
+//!    the tap has it (captured, validated, visible to waiters), p99.
 //!
 //! The REST figures run against a private `pipeline live` (own namespace, own database, rate
 //! limit lifted); the pipeline figures against a private pipeline like the gates'.
@@ -163,6 +165,16 @@ pub async fn run(opts: &LoadOpts, args: &BenchArgs) -> anyhow::Result<()> {
             };
             lines.push(line);
         }
+    }
+    if want(5) {
+        let n = if args.quick { 1000 } else { 4000 };
+        let t = tap_latency(opts, n, 500.0).await?;
+        let line = format!(
+            "(5) tap latency (tap has it − a bare consumer of the same fanout got it), {n} Feature A messages at 500/s: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms (goal p99 ≤ 5 ms); the bare consumer's publish → delivery p99 {:.3} ms",
+            t.p50_ms, t.p99_ms, t.p999_ms, t.max_ms, t.bare_p99_ms
+        );
+        results.insert("tap_latency".into(), serde_json::to_value(&t)?);
+        lines.push(line);
     }
     let path = out.join("bench.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&results)?)?;
@@ -624,6 +636,119 @@ async fn locust(
     let rps = col("Requests/s").and_then(|i| row.get(i)?.parse().ok()).context("no Requests/s in Locust stats")?;
     let p99_ms = col("99%").and_then(|i| row.get(i)?.parse().ok());
     Ok(HttpFigure { rps, p99_ms })
+}
+
+/// The tap's latency figures (ms).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TapLatency {
+    /// Messages measured.
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// Publish → the bare consumer's delivery, p99 (the broker's own part, for scale).
+    pub bare_p99_ms: f64,
+}
+
+/// Method: a private namespace; a harness [`harness::amqp::Tap`] and a bare lapin consumer
+/// (own connection, no-ack, records the instant each delivery arrives, nothing else) both bound
+/// to the same `features_a` fanout; contract-valid Feature A messages published paced at `rate`.
+/// The broker delivers both copies at the same moment, so per message (tap's `arrived` − bare
+/// arrival) is what the tap adds: its connection's reader, the JSON parse and schema validation,
+/// the store and the wake-up. Both run in this process, on one monotonic clock.
+async fn tap_latency(opts: &LoadOpts, n: usize, rate: f64) -> anyhow::Result<TapLatency> {
+    use harness::amqp::{Source, Tap, Topology};
+    let names = Names::new(&format!("bench-tap-{:08x}", rand::random::<u32>()));
+    eprintln!("bench: tap latency, {n} messages at {rate:.0}/s on {}", names.features_a());
+    let tap = Tap::start(&opts.amqp_url, &names, Topology::Owned).await?;
+    let conn = harness::amqp::connect(&opts.amqp_url, "load-bench-bare").await?;
+    let ch = conn.create_channel().await?;
+    let own = lapin::options::QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    let q = ch.queue_declare("".into(), own, FieldTable::default()).await?.name().to_string();
+    ch.queue_bind(
+        q.as_str().into(),
+        names.features_a().as_str().into(),
+        "".into(),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let no_ack = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut consumer = ch.basic_consume(q.as_str().into(), "".into(), no_ack, FieldTable::default()).await?;
+    let bare = tokio::spawn(async move {
+        let mut got = std::collections::HashMap::with_capacity(n);
+        while got.len() < n {
+            match tokio::time::timeout(Duration::from_secs(30), consumer.next()).await {
+                Ok(Some(Ok(d))) => {
+                    let at = Instant::now();
+                    if let Some(id) = d.properties.message_id() {
+                        got.insert(id.to_string(), at);
+                    }
+                }
+                _ => break,
+            }
+        }
+        got
+    });
+    let pch = contract::amqp::confirm_channel(&conn).await?;
+    let samples = vec![0.25f32; 1600];
+    let chunk = AudioChunk::from_samples("bench-tap", 0, chrono::Utc::now(), 16_000, 1, Encoding::PcmF32le, &samples);
+    let mut feature = harness::signal::feature_a_for(&chunk, "bench", chrono::Utc::now())?;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let mut published = std::collections::HashMap::with_capacity(n);
+    for i in 0..n {
+        tokio::time::sleep_until((start + interval * i as u32).into()).await;
+        feature.message_id = uuid::Uuid::new_v4();
+        feature.sequence = i as u64;
+        let body = serde_json::to_vec(&feature)?;
+        let id = feature.message_id.to_string();
+        let props = contract::amqp::json_properties(&id, "feature_a/v1", "bench-tap");
+        published.insert(id.clone(), Instant::now());
+        // Confirms are awaited once at the end: the schedule must not wait for the broker.
+        let to = names.features_a();
+        pch.basic_publish(to.as_str().into(), "".into(), Default::default(), &body, props).await?;
+    }
+    pch.wait_for_confirms().await?;
+    let bare = bare.await?;
+    // Every message the bare consumer saw must reach the tap too (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let captured = loop {
+        let c = tap.matching(|m| m.source == Source::FeatureA);
+        if c.len() >= bare.len() || Instant::now() > deadline {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (mut deltas, mut bare_lat) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for c in &captured {
+        let Some(id) = c.amqp_message_id.as_deref() else { continue };
+        if let Some(b) = bare.get(id) {
+            // Signed: either copy may be delivered first.
+            let d = c.arrived.saturating_duration_since(*b).as_secs_f64()
+                - b.saturating_duration_since(c.arrived).as_secs_f64();
+            deltas.push(d * 1e3);
+            if let Some(p) = published.get(id) {
+                bare_lat.push(b.saturating_duration_since(*p).as_secs_f64() * 1e3);
+            }
+        }
+    }
+    harness::amqp::delete_namespace(&conn, &names).await;
+    conn.close(200, "bench done".into()).await.ok();
+    if deltas.len() < n {
+        bail!("tap latency: only {} of {n} messages reached both the tap and the bare consumer", deltas.len());
+    }
+    let s = crate::waterfall::stats("tap", "tap", &deltas, &vec![false; deltas.len()]);
+    let b = crate::waterfall::stats("bare", "bare", &bare_lat, &vec![false; bare_lat.len()]);
+    Ok(TapLatency {
+        count: deltas.len(),
+        p50_ms: s.p50_ms,
+        p99_ms: s.p99_ms,
+        p999_ms: s.p999_ms,
+        max_ms: s.max_ms,
+        bare_p99_ms: b.p99_ms,
+    })
 }
 
 /// Single-queue publish (persistent, confirm per message, `publishers` channels) + consume (one

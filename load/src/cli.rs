@@ -230,7 +230,7 @@ pub struct BenchArgs {
     /// Seconds per HTTP measurement
     #[arg(long, default_value_t = 10)]
     pub secs: u64,
-    /// Only these benchmarks (1-4, comma-separated) [default: all]
+    /// Only these benchmarks (1-5, comma-separated; 5 = tap latency) [default: all]
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<u8>,
     /// wrk binary

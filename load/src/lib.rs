@@ -6,7 +6,8 @@
 //!   percentiles by histogram addition) and local multi-process runs;
 //! - [`results_db`]: where workers store their raw results (PostgreSQL);
 //! - [`localapi`]: a private reference API (`pipeline live`) for runs without `--host`;
-//! - [`scale`]: the scaling figure (1, 2, 4 local workers against one API).
+//! - [`scale`]: the scaling figure (1, 2, 4 local workers against one API);
+//! - [`waterfall`]: where the paced run's sensor→DB latency went, hop by hop.
 //!
 //! The Gherkin step definitions live in the binary (`src/spec/`), so cucumber's step registry
 //! is linked for sure.
@@ -30,6 +31,7 @@ pub mod scale;
 pub mod sla;
 pub mod stats;
 pub mod trend;
+pub mod waterfall;
 
 /// Exit code of a breached SLA (the nightly job tells it apart from a crash).
 pub const EXIT_SLA_BREACHED: u8 = 99;

@@ -33,6 +33,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+/// Most chunks/s one paced publisher (sensor) sends: 50 ms chunks.
+const SENSOR_RATE: f64 = 20.0;
 /// How often the paced phase polls for new rows.
 const DB_POLL_EVERY: Duration = Duration::from_millis(2);
 /// Rows per statement of the raw-INSERT baseline: the reference writer's default batch size
@@ -98,6 +100,9 @@ impl Env {
             ("APQ_API_RATE_LIMIT_PER_SEC".to_string(), "1000000".to_string()),
             ("APQ_API_RATE_LIMIT_BURST".to_string(), "1000000".to_string()),
         ];
+        // Fault switches and tuning for the services, as in the behaviour suite (`QA_SUT_ENV`).
+        let mut env = env;
+        env.extend(harness::env::sut_env_overrides()?);
         let procs =
             Processes::new(vec![infra.services_bin.display().to_string()], env, out.join("sut-logs"), &namespace)?;
         // The tap declares the fanouts, so it must exist before anything is published.
@@ -677,7 +682,13 @@ struct Seen {
     api: HashMap<Uuid, Instant>,
     /// (source id, type) → the row's `written_at` (the database clock at its transaction's start).
     written: HashMap<(Uuid, char), chrono::DateTime<chrono::Utc>>,
+    /// (source id, type) → the row's `received_at` and `inserted_at` (contract 1.4; None when the
+    /// writer does not record them).
+    timing: HashMap<(Uuid, char), (Option<Wall>, Option<Wall>)>,
 }
+
+/// A database or component wall-clock time.
+type Wall = chrono::DateTime<chrono::Utc>;
 
 #[allow(clippy::too_many_arguments)]
 async fn paced_phase(
@@ -694,7 +705,14 @@ async fn paced_phase(
     let wl = &sla.workload;
     let n = ((rate * wl.latency_secs).round() as u64).max(1);
     let prefix = env.prefix("paced");
-    progress(t0, format!("paced: {n} chunks at {rate:.0}/s ({:.0} s), per-hop latency", wl.latency_secs));
+    // Each publisher is one sensor waiting for its confirms; a sensor faster than the broker's
+    // confirm p99 would measure its own queue (behind schedule), not the pipeline. At most
+    // SENSOR_RATE chunks/s each, as sensors with 50 ms chunks.
+    let users = users.max((rate / SENSOR_RATE).ceil() as usize);
+    progress(
+        t0,
+        format!("paced: {n} chunks at {rate:.0}/s ({:.0} s) from {users} sensors, per-hop latency", wl.latency_secs),
+    );
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut follower = env.db.follow_rows().await?;
@@ -708,6 +726,7 @@ async fn paced_phase(
                     for r in rows {
                         s.rows.entry((r.source_message_id, r.feature_type)).or_insert(now);
                         s.written.insert((r.source_message_id, r.feature_type), r.written_at);
+                        s.timing.insert((r.source_message_id, r.feature_type), (r.received_at, r.inserted_at));
                     }
                 }
                 // The poll period bounds how late a row is seen (it only adds to the latency
@@ -718,8 +737,9 @@ async fn paced_phase(
     };
     let api_poller = {
         let (api, seen, stop) = (api.clone(), seen.clone(), stop.clone());
-        // Two sensors are enough to sample the API hop without loading the API much.
-        let sensors: Vec<String> = (0..users.min(2)).map(|u| format!("{prefix}.u{u}")).collect();
+        // One sensor polled every 10 ms (100 requests/s): the API hop sampled at 10 ms
+        // resolution without the observer loading the box it measures.
+        let sensors: Vec<String> = vec![format!("{prefix}.u0")];
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 for s in &sensors {
@@ -731,7 +751,7 @@ async fn paced_phase(
                         seen.lock().unwrap_or_else(PoisonError::into_inner).api.entry(src).or_insert_with(Instant::now);
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
     };
@@ -771,6 +791,28 @@ async fn paced_phase(
     for (name, l) in &hops {
         report.latencies.insert(name.clone(), LatencyReport::of(l));
     }
+    let waterfall = waterfall_of(env, &prefix, &sent.sent, &seen);
+    eprint!("{}", waterfall.table());
+    let waterfall_gates: Vec<(String, String)> = crate::waterfall::Segment::ALL
+        .iter()
+        .map(|s| (format!("waterfall_{}_p99", s.key()), s.key().to_string()))
+        .filter(|(k, _)| sla.thresholds.contains_key(k))
+        .collect();
+    for (key, segment) in waterfall_gates {
+        let observed = waterfall.segment(&segment).filter(|_| waterfall.complete > 0).map(|s| s.p99_ms);
+        let label = waterfall.segment(&segment).map(|s| s.label.clone()).unwrap_or_default();
+        push(
+            report,
+            GateResult::judge(
+                &key,
+                &key,
+                sla.get(&key)?,
+                observed,
+                format!("p99 of the waterfall segment \"{label}\" over {} paced chunks", waterfall.complete),
+            ),
+        );
+    }
+    report.waterfall = Some(waterfall);
     let ids: Vec<Uuid> = sent.sent.iter().map(|s| s.id).collect();
     let recs = reconcile_all(env, "paced", &ids, &prefix).await?;
     let lost: usize = recs.iter().map(|r| r.lost_count).sum();
@@ -799,6 +841,75 @@ async fn paced_phase(
     );
     report.reconciliation.extend(recs);
     Ok(())
+}
+
+/// The paced chunks' waterfall: the harness's own times (monotonic, mapped onto the wall clock
+/// once) with the components' timing headers and the rows' timing columns (wall clock, same host).
+fn waterfall_of(env: &Env, prefix: &str, sent: &[Sent], seen: &Seen) -> crate::waterfall::Waterfall {
+    use crate::waterfall::{ChunkTimes, RowTimes};
+    let Some(t0) = sent.iter().map(|s| s.intended).min() else { return crate::waterfall::build(&[], &[]) };
+    let (now, wall_now) = (Instant::now(), chrono::Utc::now());
+    let wall_t0_us = (wall_now - chrono::Duration::from_std(now - t0).unwrap_or_default()).timestamp_micros();
+    let ms = |t: Instant| t.saturating_duration_since(t0).as_secs_f64() * 1e3;
+    let us_ms = |us: i64| (us - wall_t0_us) as f64 / 1e3;
+    let wall_ms = |t: chrono::DateTime<chrono::Utc>| us_ms(t.timestamp_micros());
+    // source id → (received_us, sent_us) from the first Feature A / B the tap saw for it.
+    let headers = |source: Source| {
+        let mut m: HashMap<Uuid, (Instant, Option<i64>, Option<i64>)> = HashMap::new();
+        for c in tap_captures(env, source, prefix) {
+            let Some(id) = c.str_field("/source_message_id").and_then(|x| x.parse::<Uuid>().ok()) else { continue };
+            let num = |k: &str| c.headers.get(k).and_then(|v| v.parse::<i64>().ok());
+            let entry = (c.arrived, num(contract::HEADER_RECEIVED_US), num(contract::HEADER_SENT_US));
+            m.entry(id)
+                .and_modify(|e| {
+                    if entry.0 < e.0 {
+                        *e = entry
+                    }
+                })
+                .or_insert(entry);
+        }
+        m
+    };
+    let (a, b) = (headers(Source::FeatureA), headers(Source::FeatureB));
+    let row = |id: Uuid, ty: char| {
+        let (received, inserted) = seen.timing.get(&(id, ty)).copied().unwrap_or((None, None));
+        RowTimes {
+            received: received.map(wall_ms),
+            written: seen.written.get(&(id, ty)).copied().map(wall_ms),
+            inserted: inserted.map(wall_ms),
+            seen: seen.rows.get(&(id, ty)).copied().map(ms),
+        }
+    };
+    let chunks: Vec<ChunkTimes> = sent
+        .iter()
+        .map(|s| {
+            let (ah, bh) = (a.get(&s.id), b.get(&s.id));
+            ChunkTimes {
+                intended: ms(s.intended),
+                sent: ms(s.sent),
+                a_received: ah.and_then(|h| h.1).map(us_ms),
+                a_sent: ah.and_then(|h| h.2).map(us_ms),
+                b_received: bh.and_then(|h| h.1).map(us_ms),
+                b_sent: bh.and_then(|h| h.2).map(us_ms),
+                row_a: row(s.id, 'A'),
+                row_b: row(s.id, 'B'),
+            }
+        })
+        .collect();
+    let confirm: Vec<f64> = sent.iter().map(|s| ms(s.confirmed) - ms(s.sent)).collect();
+    let api: Vec<f64> = sent.iter().filter_map(|s| Some(ms(*seen.api.get(&s.id)?) - us_ms(b.get(&s.id)?.2?))).collect();
+    crate::waterfall::build(
+        &chunks,
+        &[
+            ("publish_confirm", "harness publish → broker confirm (not on the path)", confirm),
+            ("api_latest", "Feature B sent → API latest shows it (1 sensor, 10 ms poll)", api),
+        ],
+    )
+}
+
+/// The tap's captures of `source` for sensors of `prefix`.
+fn tap_captures(env: &Env, source: Source, prefix: &str) -> Vec<harness::amqp::Captured> {
+    env.tap.matching(|m| m.source == source && m.sensor_id().is_some_and(|s| s.starts_with(prefix)))
 }
 
 /// Per source id, when the tap first saw its Feature A and its Feature B.
@@ -1014,6 +1125,8 @@ async fn bench_phases(
         .map(|f| {
             let mut row = harness::sql::FeatureRow::from_feature(&contract::AnyFeature::A(f.clone()));
             row.message_id = Uuid::new_v4();
+            // New lineage too: the table allows one row per (source chunk, type) since 1.3.
+            row.source_message_id = Uuid::new_v4();
             row.sensor_id = format!("{}-raw", f.sensor_id);
             row
         })

@@ -177,6 +177,9 @@ pub struct RunReport {
     /// Per-worker breakdown of distributed runs (empty otherwise).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<WorkerBreakdown>,
+    /// The paced run's per-hop latency waterfall (pipeline gates only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waterfall: Option<crate::waterfall::Waterfall>,
 }
 
 impl RunReport {
@@ -524,6 +527,9 @@ pub fn html_page(r: &RunReport) -> anyhow::Result<String> {
             h.push_str("</div>\n");
         }
     }
+    if let Some(w) = &r.waterfall {
+        h.push_str(&waterfall_html(w));
+    }
     if !r.goose_reports.is_empty() {
         h.push_str("<h2>Goose reports</h2>\n<ul>\n");
         for g in &r.goose_reports {
@@ -537,6 +543,69 @@ pub fn html_page(r: &RunReport) -> anyhow::Result<String> {
     }
     h.push_str("</body></html>\n");
     Ok(h)
+}
+
+/// The waterfall section: a table of every segment's percentiles and means, and two stacked
+/// bars (mean chunk, tail chunk) whose parts are the segments' means, so the widest part is where
+/// the time goes.
+fn waterfall_html(w: &crate::waterfall::Waterfall) -> String {
+    const COLOURS: [&str; 10] =
+        ["#bbb", "#4e79a7", "#f28e2b", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#e15759"];
+    let mut h = String::new();
+    let _ = writeln!(
+        h,
+        "<h2 id=\"waterfall\">Latency waterfall (paced run)</h2>\n<p>{} of {} chunks complete; critical path via Feature B for {}; tail = the {} slowest (1 %). Each chunk's segments add up to its end-to-end time; means add up, percentiles do not.</p>",
+        w.complete, w.chunks, w.critical_b, w.tail_chunks
+    );
+    for (title, tail) in [("mean chunk", false), ("tail chunk (slowest 1 %)", true)] {
+        let total = if tail { w.end_to_end.tail_mean_ms } else { w.end_to_end.mean_ms };
+        let _ = write!(
+            h,
+            "<p><b>{title}</b>: {total:.2} ms</p><div style=\"display:flex;width:100%;height:24px;border:1px solid #999\">"
+        );
+        for (i, seg) in w.segments.iter().enumerate() {
+            let v = if tail { seg.tail_mean_ms } else { seg.mean_ms };
+            if total > 0.0 && v > 0.0 {
+                let _ = write!(
+                    h,
+                    "<div title=\"{}: {v:.2} ms\" style=\"width:{:.2}%;background:{}\"></div>",
+                    xml(&seg.label),
+                    100.0 * v / total,
+                    COLOURS[i % COLOURS.len()]
+                );
+            }
+        }
+        h.push_str("</div>\n");
+    }
+    h.push_str("<table><tr><th></th><th>segment (ms)</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th><th>mean</th><th>tail mean</th></tr>\n");
+    let row = |h: &mut String, colour: &str, s: &crate::waterfall::SegmentStats| {
+        let _ = writeln!(
+            h,
+            "<tr><td style=\"background:{colour}\"></td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td></tr>",
+            xml(&s.label),
+            s.p50_ms,
+            s.p90_ms,
+            s.p99_ms,
+            s.p999_ms,
+            s.max_ms,
+            s.mean_ms,
+            s.tail_mean_ms
+        );
+    };
+    for (i, s) in w.segments.iter().enumerate() {
+        row(&mut h, COLOURS[i % COLOURS.len()], s);
+    }
+    row(&mut h, "#fff", &w.end_to_end);
+    let _ = writeln!(
+        h,
+        "<tr><td></td><td>residual (end to end − Σ segments)</td><td></td><td></td><td></td><td></td><td></td><td>{:.3}</td><td>{:.3}</td></tr>",
+        w.residual_mean_ms, w.residual_tail_ms
+    );
+    for s in &w.off_path {
+        row(&mut h, "#fff", s);
+    }
+    h.push_str("</table>\n");
+    h
 }
 
 /// The SLA p99 threshold (ms) that applies to a latency measurement, with its key: REST
@@ -670,5 +739,34 @@ mod tests {
         assert!(h.contains("no over-time plot"));
         assert!(r.failed_gates() == vec!["bad<gate>"]);
         assert!(console_table(&r).contains("FAIL"));
+    }
+
+    #[test]
+    fn html_has_the_waterfall_with_bars_proportional_to_the_means() {
+        use crate::waterfall::{ChunkTimes, RowTimes, build};
+        let row = |r: f64, w: f64, i: f64, s: f64| RowTimes {
+            received: Some(r),
+            written: Some(w),
+            inserted: Some(i),
+            seen: Some(s),
+        };
+        let chunk = ChunkTimes {
+            intended: 0.0,
+            sent: 0.0,
+            a_received: Some(1.0),
+            a_sent: Some(2.0),
+            b_received: Some(3.0),
+            b_sent: Some(4.0),
+            row_a: row(3.0, 3.0, 3.0, 5.0),
+            row_b: row(5.0, 8.0, 9.0, 10.0),
+        };
+        let mut r = report();
+        assert!(!html_page(&r).unwrap().contains("id=\"waterfall\""), "no paced run, no section");
+        r.waterfall = Some(build(&[chunk], &[]));
+        let h = html_page(&r).unwrap();
+        assert!(h.contains("id=\"waterfall\""));
+        // Batch wait: 3 of 10 ms.
+        assert!(h.contains("DataWriter: batch wait until its INSERT starts: 3.00 ms\" style=\"width:30.00%"), "{h}");
+        assert!(h.contains("residual"));
     }
 }
