@@ -30,6 +30,32 @@ Feature: Chaos: faults of the broker, the database and the network lose and dupl
     And after 1 s the publisher link delays its replies by 1000 ms for 1.5 s, then drops its connections
     Then the ledger invariant holds within 60 s
 
+  # Ordering windows (#12): a component that acks its input before its output is confirmed, or
+  # before its rows are committed, loses the chunk only if something goes wrong inside that window.
+  # These scenarios make something go wrong there every time: the broker refuses (nacks) every
+  # output publish for a while, or the writer is killed while its INSERT provably waits for COMMIT.
+  # The two refusals are nightly: 15-33 s each here (four rabbitmqctl calls of 1-3 s on a loaded
+  # machine), above the CI subset's 20 s per scenario; the writer's takes 10-12 s.
+  @nightly
+  Scenario: The broker refuses Algorithm A's output for 2 s: no chunk is acked without a confirmed Feature A
+    Given a chaos pipeline
+    When 400 chunks stream from sensor "chaos" at 50 per second
+    And after 1 s the broker refuses every publish to features_a for 2 s
+    Then the ledger invariant holds within 60 s
+
+  @nightly
+  Scenario: The broker refuses Algorithm B's output for 2 s: no Feature A is acked without a confirmed Feature B
+    Given a chaos pipeline
+    When 400 chunks stream from sensor "chaos" at 50 per second
+    And after 1 s the broker refuses every publish to features_b for 2 s
+    Then the ledger invariant holds within 60 s
+
+  Scenario: The writer killed while its INSERT waits for COMMIT: the batch is written after the restart
+    Given a chaos pipeline
+    When 300 chunks stream from sensor "chaos" at 50 per second
+    And after 1.5 s the writer is killed with SIGKILL while its INSERT waits for a lock on the features table, and replaced
+    Then the ledger invariant holds within 60 s
+
   Scenario: A poison chunk in the middle of a stream is dead-lettered once and the rest flows
     Given a chaos pipeline
     When 150 chunks stream from sensor "chaos" at 50 per second

@@ -21,6 +21,25 @@ Feature: The DataWriter persists both feature types, idempotently
     And the database eventually holds 1 Feature A row for sensor "dup"
     And the database eventually holds 1 Feature B row for sensor "dup"
 
+  Scenario: A Feature B whose Feature A never arrived is stored on its own
+    When a Feature B for sensor "orphan" with "" is published to features_b
+    Then the database eventually holds 1 Feature B row for sensor "orphan"
+    And the database eventually holds 0 Feature A rows for sensor "orphan"
+
+  Scenario Outline: A malformed Feature B is dead-lettered by the writer and stored nowhere (<case>)
+    When a Feature B for sensor "bad-b" with "<override>" is published to features_b
+    Then the chunk from sensor "bad-b" is dead-lettered to "features_b.data_writer.dlq" with reason "<reason>"
+    And the database eventually holds 0 Feature B rows for sensor "bad-b"
+
+    Examples:
+      | case                    | override                                  | reason                     |
+      | confidence below 0.5    | features.confidence = 0.3                 | schema_violation           |
+      | an unknown event class  | features.event_class = 'music'            | schema_violation           |
+      | sequence beyond BIGINT  | sequence = 9223372036854775808            | schema_violation           |
+      | captured before 2000    | captured_at = '1999-12-31T23:59:59Z'      | timestamp_out_of_range     |
+      | schema version 2        | schema_version = 2                        | unsupported_schema_version |
+      | no Feature A id         | feature_a_message_id = null               | schema_violation           |
+
   Scenario Outline: Batch boundaries: <n> chunks in a row are all written
     When sensor "batch" publishes <n> chunks of white noise at amplitude 0.2
     Then the database eventually holds <n> Feature A rows for sensor "batch"

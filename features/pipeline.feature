@@ -27,6 +27,22 @@ Feature: The whole pipeline, stage by stage and end to end
     And the database eventually holds 5 Feature A rows for sensor "left"
     And the database eventually holds 5 Feature A rows for sensor "right"
 
+  # Contract: "latest" is the greatest (captured_at, sequence, message_id), not the last to arrive.
+  Scenario: Chunks arriving newest first: the API's latest is still the newest chunk
+    When sensor "ooo" publishes 5 chunks of 440 Hz sine at amplitude 0.5 newest first
+    Then the database eventually holds 5 Feature A rows for sensor "ooo"
+    And the database eventually holds 5 Feature B rows for sensor "ooo"
+    And the API eventually serves the latest Feature A of sensor "ooo" from its newest chunk
+    And the API eventually serves the latest Feature B of sensor "ooo" from its newest chunk
+    And the latest Feature A of sensor "ooo" from the API equals the newest stored row
+
+  Scenario: A Feature A published by another producer flows on through Algorithm B to the database and the API
+    When a Feature A for sensor "ext" with "" is published to features_a
+    Then the Feature B for sensor "ext" follows the contract's rules from the Feature A published for it
+    And the database eventually holds 1 Feature A row for sensor "ext"
+    And the database eventually holds 1 Feature B row for sensor "ext"
+    And the latest Feature B of sensor "ext" from the API equals the newest stored row
+
   @needs-sut-control
   Scenario Outline: <n> Algorithm A instances share the work queue, each chunk exactly once
     Given a private pipeline

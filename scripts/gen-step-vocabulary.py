@@ -9,6 +9,7 @@ params = {
  'channel': '(?:audio stream|features_a fanout|features_b fanout)',
  'chunk_kind': '(?:silence then a tone|a tone that stops mid-chunk|a burst at the end|a tone of no whole number of periods|a tone over a DC offset|tones within a band)',
  'link': '(?:algorithm-a-1|algorithm-a-2|algorithm-b|writer-db|api-db|writer|api|publisher)',
+ 'fanout': '(?:features_a|features_b)',
  'malformation': '(?:not JSON|schema version 2|no sensor_id|a NaN sample|an infinite sample|sample rate 12345|an oversized payload|invalid base64|a partial frame|an invalid message_id|3 channels|a sample beyond full scale|a capture time an hour ahead|a capture time in 1970|a message_id property that differs from the body|the x-schema header of Feature A|content type text/plain|gzip content encoding|a sensor id of 600 multi-byte characters|11 seconds of audio)',
 }
 steps=[]
@@ -73,6 +74,7 @@ doc=['# Step vocabulary','','Every step sentence the suite understands, by domai
 '| `{type}` | feature type `A` or `B` | `A` |','| `{component}` | `Algorithm A`, `Algorithm B`, `data writer`, `REST API` | `Algorithm A` |',
 '| `{duration}` | `N ms` or `N s` | `300 ms` |',
 '| `{channel}` | an input channel for hostile input: `audio stream`, `features_a fanout`, `features_b fanout` | `audio stream` |',
+'| `{fanout}` | a feature fanout of a chaos pipeline: `features_a`, `features_b` | `features_a` |',
 '| `{malformation}` | `not JSON`, `schema version 2`, `no sensor_id`, `a NaN sample`, `an infinite sample`, `sample rate 12345`, `an oversized payload`, `invalid base64`, `a partial frame`, `an invalid message_id`, `3 channels`, `a sample beyond full scale`, `a capture time an hour ahead`, `a capture time in 1970`, `a message_id property that differs from the body`, `the x-schema header of Feature A`, `content type text/plain`, `gzip content encoding`, `a sensor id of 600 multi-byte characters`, `11 seconds of audio` | `a NaN sample` |','',
 'Sensor names are local to a scenario: `"mic"` becomes `<run>-<scenario>-<id>.mic`, so scenarios never see each other.',
 'Tolerances are strings: `"440 ± 2"`, `"440 +- 2"`, `"1000 ± 0.5%"`. Paths in `I call` steps may use `{sensor}` for a sensor id of the scenario.',

@@ -4,7 +4,7 @@
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use contract::{AudioChunk, FeatureA, SignalFeatures};
+use contract::{AudioChunk, FeatureA, FeatureB, SignalFeatures};
 use rand::{Rng, SeedableRng};
 
 /// A synthetic test signal.
@@ -493,9 +493,62 @@ pub fn feature_a_for(chunk: &AudioChunk, processed_by: &str, processed_at: DateT
     })
 }
 
+/// A contract-valid Feature B for Feature A `a`, as Algorithm B would publish it: class and
+/// confidence by the contract's table ([`reference_classification`]), its id derived from `a`'s.
+pub fn feature_b_for(a: &FeatureA, processed_by: &str, processed_at: DateTime<Utc>) -> anyhow::Result<FeatureB> {
+    let f = serde_json::to_value(&a.features)?;
+    let (class, confidence) = reference_classification(&f).context("the Feature A lacks the classified fields")?;
+    let features = serde_json::json!({
+        "event_class": class, "confidence": confidence,
+        "loudness_dbfs": a.features.rms_dbfs, "dominant_frequency_hz": a.features.dominant_frequency_hz,
+    });
+    Ok(FeatureB {
+        schema_version: 1,
+        feature_type: "B".into(),
+        message_id: contract::derived_message_id(a.message_id, contract::FeatureType::B),
+        feature_a_message_id: a.message_id,
+        source_message_id: a.source_message_id,
+        sensor_id: a.sensor_id.clone(),
+        sequence: a.sequence,
+        captured_at: a.captured_at,
+        processed_at,
+        processed_by: processed_by.to_string(),
+        features: serde_json::from_value(features).context("building Feature B's features")?,
+    })
+}
+
+/// `message` (a Feature message as JSON) with the fields of `spec` replaced: `path = value; …`,
+/// each path dotted from the message's root (`features.rms_dbfs`), each value JSON (`-60.001`,
+/// `null`) or a string in single quotes (`'loud'`: Gherkin's `{string}` holds no double quotes).
+/// A path the message does not have is an error (a typo would test nothing).
+pub fn with_overrides(mut message: serde_json::Value, spec: &str) -> anyhow::Result<serde_json::Value> {
+    for part in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (path, value) = part.split_once('=').with_context(|| format!("{part:?} is not `path = json value`"))?;
+        let value = value.trim();
+        let value: serde_json::Value = match value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+            Some(text) => text.into(),
+            None => serde_json::from_str(value).with_context(|| format!("the value of {part:?} is not JSON"))?,
+        };
+        let pointer = format!("/{}", path.trim().replace('.', "/"));
+        let slot = message.pointer_mut(&pointer).with_context(|| format!("the message has no field {pointer}"))?;
+        *slot = value;
+    }
+    Ok(message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overrides_replace_existing_fields_and_refuse_unknown_ones() {
+        let m = serde_json::json!({"schema_version": 1, "features": {"rms_dbfs": -9.0, "peak": 0.5}});
+        let got =
+            with_overrides(m.clone(), "features.rms_dbfs = -60.001; schema_version = 2; features.peak = 'x'").unwrap();
+        assert_eq!(got, serde_json::json!({"schema_version": 2, "features": {"rms_dbfs": -60.001, "peak": "x"}}));
+        assert!(with_overrides(m.clone(), "features.rms = 1").unwrap_err().to_string().contains("/features/rms"));
+        assert!(with_overrides(m, "features.peak = loud").is_err(), "a value must be JSON");
+    }
 
     #[test]
     fn a_sine_has_its_frequency_level_and_no_clipping() {

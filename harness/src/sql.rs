@@ -6,6 +6,7 @@
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio_postgres::{Client, Config, NoTls, Row};
 use uuid::Uuid;
@@ -333,14 +334,28 @@ impl Db {
             .await
             .context("reading the newest row id")?
             .try_get(0)?;
-        let statement = self
+        // The timing columns of contract 1.4 are optional: NULL where a deployment lacks them.
+        let timing: i64 = self
             .client
-            .prepare(
-                "SELECT id, source_message_id, feature_type, written_at FROM features WHERE id > $1 ORDER BY id LIMIT 20000",
+            .query_one(
+                "SELECT count(*) FROM information_schema.columns \
+                 WHERE table_name = 'features' AND table_schema = current_schema() \
+                 AND column_name IN ('received_at', 'inserted_at')",
+                &[],
             )
             .await
+            .context("looking for the timing columns")?
+            .try_get(0)?;
+        let columns = if timing == 2 { "received_at, inserted_at" } else { "NULL::timestamptz, NULL::timestamptz" };
+        let statement = self
+            .client
+            .prepare(&format!(
+                "SELECT id, source_message_id, feature_type, written_at, {columns} FROM features \
+                 WHERE id > $1 OR id = ANY($2::int8[]) ORDER BY id LIMIT 20000"
+            ))
+            .await
             .context("preparing the row follower's query")?;
-        Ok(RowFollower { db: self.clone(), statement, after })
+        Ok(RowFollower { db: self.clone(), statement, after, holes: BTreeMap::new() })
     }
 
     /// Deletes every row whose sensor id starts with `prefix` (taken literally); returns the count.
@@ -356,10 +371,11 @@ impl Db {
     }
 }
 
-/// Reports rows committed after it was created, in id order, one cheap prepared query per poll.
-/// Assumes one writer transaction at a time (ids committed in order), as the reference DataWriter
-/// does. A row committed out of id order would be skipped: it would lack a latency sample and the
-/// paced phase would wait for it until its timeout (reconciliation reads rows itself).
+/// Reports rows committed after it was created, one cheap prepared query per poll. Writers that
+/// commit concurrently (several connections) commit ids out of order: an id skipped below the
+/// highest one seen is a hole, asked for again on every poll until it appears or is older than
+/// [`HOLE_TTL`] (ids are also skipped for good: a conflicting row consumes one, a rolled-back
+/// transaction several).
 pub struct RowFollower {
     /// Where to poll.
     db: Db,
@@ -367,7 +383,15 @@ pub struct RowFollower {
     statement: tokio_postgres::Statement,
     /// The highest id reported so far.
     after: i64,
+    /// Ids below `after` not seen yet, with when they were first missed.
+    holes: BTreeMap<i64, std::time::Instant>,
 }
+
+/// How long a skipped id is still expected to commit (a writer's transaction is bounded by its
+/// write timeout, 5 s by default).
+pub const HOLE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most holes asked for per poll.
+const MAX_HOLES: usize = 1_000;
 
 /// A row reported by [`RowFollower::poll`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -378,18 +402,43 @@ pub struct NewRow {
     pub feature_type: char,
     /// The database's clock when the writing transaction started.
     pub written_at: DateTime<Utc>,
+    /// When the writer received the message (contract 1.4 `received_at`; None if not recorded).
+    pub received_at: Option<DateTime<Utc>>,
+    /// When the INSERT produced this row (contract 1.4 `inserted_at`; None if not recorded).
+    pub inserted_at: Option<DateTime<Utc>>,
 }
 
 impl RowFollower {
     /// Rows committed since the last poll (at most 20 000 per call).
     pub async fn poll(&mut self) -> anyhow::Result<Vec<NewRow>> {
-        let rows = self.db.client.query(&self.statement, &[&self.after]).await.context("polling for new rows")?;
+        let now = std::time::Instant::now();
+        self.holes.retain(|_, since| now.duration_since(*since) < HOLE_TTL);
+        // Bounded, so a run that skips many ids for good (conflicts) keeps its poll cheap; the
+        // oldest ids go first.
+        while self.holes.len() > MAX_HOLES {
+            self.holes.pop_first();
+        }
+        let holes: Vec<i64> = self.holes.keys().copied().collect();
+        let rows =
+            self.db.client.query(&self.statement, &[&self.after, &holes]).await.context("polling for new rows")?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let (id, source_message_id, ty): (i64, Uuid, String) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-            self.after = self.after.max(id);
+            if self.holes.remove(&id).is_none() {
+                // Ids between the previous highest and this one not returned yet: holes.
+                for missing in self.after + 1..id {
+                    self.holes.insert(missing, now);
+                }
+                self.after = self.after.max(id);
+            }
             let feature_type = ty.chars().next().unwrap_or('?');
-            out.push(NewRow { source_message_id, feature_type, written_at: r.try_get(3)? });
+            out.push(NewRow {
+                source_message_id,
+                feature_type,
+                written_at: r.try_get(3)?,
+                received_at: r.try_get(4)?,
+                inserted_at: r.try_get(5)?,
+            });
         }
         Ok(out)
     }

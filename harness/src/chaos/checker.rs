@@ -21,6 +21,10 @@ pub struct Observed {
     pub feature_a_ids: BTreeMap<Uuid, BTreeSet<String>>,
     /// Distinct Feature B message ids the tap saw per source chunk.
     pub feature_b_ids: BTreeMap<Uuid, BTreeSet<String>>,
+    /// When the tap saw each publication of a source chunk's Feature A (every copy).
+    pub feature_a_seen: BTreeMap<Uuid, Vec<DateTime<Utc>>>,
+    /// When the tap saw each publication of a source chunk's Feature B (every copy).
+    pub feature_b_seen: BTreeMap<Uuid, Vec<DateTime<Utc>>>,
     /// Dead letters of the workload's sensor: (chunk id if readable, reason, DLQ).
     pub dead_letters: Vec<(Option<Uuid>, Option<String>, String)>,
     /// Work queues with anything ready or unacked: (queue, ready, unacked).
@@ -40,6 +44,40 @@ pub struct Expect {
     pub fault_end: Option<DateTime<Utc>>,
     /// Longest a confirmed chunk may wait for its last row.
     pub max_wait: Option<Duration>,
+    /// Windows in which the broker refused (nacked) publishes of a feature type.
+    pub refusals: Vec<Refusal>,
+}
+
+/// A window in which the broker refused every publish of Feature `feature` to its consumers'
+/// queues: a copy published only inside it reached none of them, so a stage that acked its input
+/// for such a publish (instead of publishing again) lost the chunk.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refusal {
+    /// "A" or "B".
+    pub feature: String,
+    /// When the refusal was asked for.
+    pub from: DateTime<Utc>,
+    /// When it was over (cleared and off every queue).
+    pub to: DateTime<Utc>,
+}
+
+impl Refusal {
+    /// Whether every sighting in `seen` (non-empty) falls inside this window.
+    fn covers(&self, seen: &[DateTime<Utc>]) -> bool {
+        !seen.is_empty() && seen.iter().all(|t| *t >= self.from && *t <= self.to)
+    }
+
+    /// The finding for a chunk whose every Feature publication was refused.
+    fn finding(&self, stage: &str, seen: &[DateTime<Utc>]) -> String {
+        format!(
+            "stage {stage}: acked its input although the broker refused (nacked) its Feature {} — published {} time(s), \
+             only while publishes to its fanout were refused ({} to {}), never again",
+            self.feature,
+            seen.len(),
+            self.from.format("%H:%M:%S%.3f"),
+            self.to.format("%H:%M:%S%.3f")
+        )
+    }
 }
 
 /// The checker's findings. Empty lists everywhere = the invariant holds.
@@ -168,8 +206,25 @@ pub fn check(confirmed: &[Confirmed], expect: &Expect, observed: &Observed) -> V
         if (na == 0 || nb == 0) && dl == 0 {
             let saw_a = observed.feature_a_ids.contains_key(&c.id);
             let saw_b = observed.feature_b_ids.contains_key(&c.id);
+            fn refused<'a>(
+                refusals: &'a [Refusal],
+                kind: &str,
+                seen: Option<&'a Vec<DateTime<Utc>>>,
+            ) -> Option<(&'a Refusal, &'a [DateTime<Utc>])> {
+                let seen = seen.map(Vec::as_slice).unwrap_or_default();
+                refusals.iter().find(|r| r.feature == kind && r.covers(seen)).map(|r| (r, seen))
+            }
+            let refused = |kind, seen| refused(&expect.refusals, kind, seen);
+            let refused_a = (na == 0).then(|| refused("A", observed.feature_a_seen.get(&c.id))).flatten();
+            let refused_b = (nb == 0).then(|| refused("B", observed.feature_b_seen.get(&c.id))).flatten();
             let stage = match (saw_a, saw_b, na, nb) {
                 (false, _, _, _) => "stage Algorithm A: no Feature A was ever published for it".to_string(),
+                _ if refused_a.is_some() => {
+                    refused_a.map(|(r, seen)| r.finding("Algorithm A", seen)).unwrap_or_default()
+                }
+                _ if refused_b.is_some() => {
+                    refused_b.map(|(r, seen)| r.finding("Algorithm B", seen)).unwrap_or_default()
+                }
                 (true, false, _, _) => "stage Algorithm B: Feature A published, no Feature B".to_string(),
                 _ => format!("stage DataWriter: Feature A and B published, rows A {na} and B {nb}"),
             };
@@ -309,6 +364,44 @@ mod tests {
         assert_eq!(v.slow.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(), vec![(slow, 1)]);
         assert!((v.max_wait_secs - 20.0).abs() < 0.01, "{}", v.max_wait_secs);
         assert!(!v.holds() && v.render().contains("waited 20.0 s"), "{}", v.render());
+    }
+
+    #[test]
+    fn a_chunk_whose_only_output_was_refused_is_lost_by_the_stage_that_acked_it() {
+        let t = Utc::now();
+        let s = |ms: i64| t + chrono::Duration::milliseconds(ms);
+        let (lost_a, lost_b, retried) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let refusals = vec![
+            Refusal { feature: "A".into(), from: s(0), to: s(1000) },
+            Refusal { feature: "B".into(), from: s(2000), to: s(3000) },
+        ];
+        let mut observed = Observed {
+            rows: vec![row(lost_b, "A", s(2500)), row(retried, "A", s(1200)), row(retried, "B", s(1200))],
+            ..Observed::default()
+        };
+        for (id, a, b) in [(lost_a, vec![s(500)], vec![]), (lost_b, vec![s(1500)], vec![s(2500)])] {
+            observed.feature_a_ids.entry(id).or_default().insert(format!("a-{id}"));
+            observed.feature_a_seen.insert(id, a);
+            if !b.is_empty() {
+                observed.feature_b_ids.entry(id).or_default().insert(format!("b-{id}"));
+                observed.feature_b_seen.insert(id, b);
+            }
+        }
+        // Refused, then published again after the window: stored, not lost.
+        observed.feature_a_seen.insert(retried, vec![s(500), s(1100)]);
+        let confirmed = [sent(lost_a, 0, t), sent(lost_b, 1, t), sent(retried, 2, t)];
+        let v = check(&confirmed, &Expect { refusals, ..Expect::default() }, &observed);
+        assert_eq!(v.lost.iter().map(|l| l.0).collect::<Vec<_>>(), vec![lost_a, lost_b], "{}", v.render());
+        assert!(
+            v.lost[0].2.starts_with("stage Algorithm A: acked its input although the broker refused"),
+            "{:?}",
+            v.lost
+        );
+        assert!(
+            v.lost[1].2.starts_with("stage Algorithm B: acked its input although the broker refused"),
+            "{:?}",
+            v.lost
+        );
     }
 
     #[test]

@@ -288,6 +288,10 @@ pub struct ChaosPipeline {
     conn: lapin::Connection,
     /// Per-link env every (re)started instance gets.
     link_env: BTreeMap<Link, Vec<(String, String)>>,
+    /// The database role the writer logs in as (its sessions are found by it).
+    writer_role: String,
+    /// Windows in which the broker refused publishes to a fanout, for the checker.
+    pub refusals: std::sync::Mutex<Vec<checker::Refusal>>,
 }
 
 /// Settings of the chaos pipelines' processes beyond the local profile's: faster failure
@@ -376,6 +380,8 @@ impl ChaosPipeline {
             database_url: database_url.clone(),
             conn,
             link_env,
+            writer_role: roles[0].clone(),
+            refusals: std::sync::Mutex::default(),
         };
         let started = async {
             p.start_instance(Component::DataWriter, Link::WriterBroker).await?;
@@ -455,6 +461,88 @@ impl ChaosPipeline {
         Ok(TableLock { client, task })
     }
 
+    /// Takes a SHARE lock on the features table in a transaction of its own, held until
+    /// [`TableLock::release`]: every INSERT waits meanwhile, reads go on.
+    pub async fn hold_write_lock(&self) -> anyhow::Result<TableLock> {
+        let (client, connection) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+            .await
+            .context("connecting to lock the features table")?;
+        let task = tokio::spawn(connection);
+        client
+            .batch_execute("BEGIN; LOCK TABLE features IN SHARE MODE")
+            .await
+            .context("locking the features table against writes")?;
+        Ok(TableLock { client, task })
+    }
+
+    /// The writer's database sessions whose INSERT waits for a lock (server process ids).
+    pub async fn writer_inserts_waiting(&self) -> anyhow::Result<Vec<i32>> {
+        let db = self.db().await?;
+        let rows = db
+            .client()
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND usename = $1 \
+                 AND wait_event_type = 'Lock' AND query ILIKE 'insert%'",
+                &[&self.writer_role],
+            )
+            .await
+            .context("reading pg_stat_activity")?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Ends the database sessions `pids` (those of a process killed while they waited: the
+    /// server would otherwise finish their statement when the lock goes, as if the client lived).
+    pub async fn terminate_sessions(&self, pids: &[i32]) -> anyhow::Result<()> {
+        let db = self.db().await?;
+        for pid in pids {
+            db.client()
+                .execute("SELECT pg_terminate_backend($1)", &[pid])
+                .await
+                .with_context(|| format!("terminating database session {pid}"))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the broker refuse (nack) every publish to `fanout` (`features_a` or `features_b`):
+    /// a policy of `max-length` 0 with `reject-publish` on the consumer queues bound to it (the
+    /// harness's own taps, server-named, are not matched, so the refused messages stay visible).
+    /// Returns once the policy is in force on each of them.
+    pub async fn refuse_publishes(&self, rig: &Rig, fanout: &str) -> anyhow::Result<Refusing> {
+        let n = &self.names;
+        let (feature, queues) = if fanout == n.features_a() {
+            ("A", vec![n.algorithm_b_queue(), n.writer_queue_a()])
+        } else if fanout == n.features_b() {
+            ("B", vec![n.writer_queue_b()])
+        } else {
+            anyhow::bail!("{fanout:?} is neither {} nor {}", n.features_a(), n.features_b());
+        };
+        let policy = format!("qa-refuse-{fanout}");
+        let alternatives: Vec<String> = queues.iter().map(|q| q.replace('.', "\\.")).collect();
+        let pattern = format!("^({})$", alternatives.join("|"));
+        let i = self.fault_started(format!("broker: refuses every publish to {fanout} (max-length 0, reject-publish)"));
+        let requested = Utc::now();
+        let rabbit = rig.rabbit.lock().await;
+        rabbit.set_queue_policy(&policy, &pattern, r#"{"max-length":0,"overflow":"reject-publish"}"#).await?;
+        wait_for_policy(&rabbit, &queues, Some(&policy)).await?;
+        Ok(Refusing { policy, queues, feature, index: i, requested })
+    }
+
+    /// Ends a refusal: the policy is cleared and off every queue before this returns.
+    pub async fn lift_refusal(&self, rig: &Rig, r: Refusing) -> anyhow::Result<()> {
+        let rabbit = rig.rabbit.lock().await;
+        rabbit.clear_policy(&r.policy).await?;
+        // The fault ends with the clearing (recovery counts from here); the refusal window for
+        // the checker lasts until the policy is seen off every queue.
+        self.fault_ended(r.index);
+        wait_for_policy(&rabbit, &r.queues, None).await?;
+        self.refusals.lock().expect("refusals lock").push(checker::Refusal {
+            feature: r.feature.to_string(),
+            from: r.requested,
+            to: Utc::now(),
+        });
+        Ok(())
+    }
+
     /// Applies `fault` to `links` for `hold`, then heals them; the window is recorded.
     pub async fn link_fault(&self, links: &[Link], fault: LinkFault, hold: Duration) {
         let names: Vec<&str> = links.iter().map(|l| l.name()).collect();
@@ -520,6 +608,39 @@ impl ChaosPipeline {
     pub async fn teardown(&self) {
         self.procs.stop_all().await;
         amqp::delete_namespace(&self.conn, &self.names).await;
+    }
+}
+
+/// A refusal in force (see [`ChaosPipeline::refuse_publishes`]).
+pub struct Refusing {
+    /// The policy's name.
+    policy: String,
+    /// The queues it refuses for.
+    queues: Vec<String>,
+    /// The feature type of the fanout ("A" or "B").
+    feature: &'static str,
+    /// Its fault window's index.
+    index: usize,
+    /// When it was asked for (publishes may be refused from here on).
+    requested: DateTime<Utc>,
+}
+
+/// Polls the node until `policy` (None: no policy) is in force on every one of `queues` (20 s).
+async fn wait_for_policy(rabbit: &PrivateRabbit, queues: &[String], policy: Option<&str>) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let listed = rabbit.queue_policies().await?;
+        let off: Vec<&(String, String)> =
+            listed.iter().filter(|(q, p)| queues.contains(q) && p.as_str() != policy.unwrap_or("")).collect();
+        if off.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "after 20 s the policy on these queues is still not {policy:?}: {off:?}"
+        );
+        // rabbitmqctl is the only view of policies; each call already takes a second or more.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -59,12 +59,13 @@ pub async fn drain_and_observe(
     for m in p.tap.matching(|m| m.sensor_id() == Some(sensor_id)) {
         let (Some(src), Some(id)) = (m.str_field("/source_message_id"), m.str_field("/message_id")) else { continue };
         let Ok(src) = src.parse::<Uuid>() else { continue };
-        let map = match m.source {
-            Source::FeatureA => &mut observed.feature_a_ids,
-            Source::FeatureB => &mut observed.feature_b_ids,
+        let (ids, seen) = match m.source {
+            Source::FeatureA => (&mut observed.feature_a_ids, &mut observed.feature_a_seen),
+            Source::FeatureB => (&mut observed.feature_b_ids, &mut observed.feature_b_seen),
             Source::Dlq(_) => continue,
         };
-        map.entry(src).or_default().insert(id.to_string());
+        ids.entry(src).or_default().insert(id.to_string());
+        seen.entry(src).or_default().push(m.arrived_at);
     }
     observed.leftovers = leftovers(p, rig).await?;
     observed.latest = latest(p, &db, sensor_id).await?;

@@ -362,6 +362,31 @@ impl PrivateRabbit {
         self.ctl(&["eval", expr]).await.map(|_| ())
     }
 
+    /// Sets policy `name` on the queues whose names match `pattern` (a regex), with `definition`
+    /// (JSON, e.g. `{"max-length":0,"overflow":"reject-publish"}`) and a priority above any other.
+    pub async fn set_queue_policy(&self, name: &str, pattern: &str, definition: &str) -> anyhow::Result<()> {
+        let args = ["set_policy", "--apply-to", "queues", "--priority", "100", name, pattern, definition];
+        self.ctl(&args).await.map(|_| ())
+    }
+
+    /// Removes policy `name`.
+    pub async fn clear_policy(&self, name: &str) -> anyhow::Result<()> {
+        self.ctl(&["clear_policy", name]).await.map(|_| ())
+    }
+
+    /// Every queue with the policy in force on it (empty when none): (queue, policy).
+    pub async fn queue_policies(&self) -> anyhow::Result<Vec<(String, String)>> {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            name: String,
+            policy: serde_json::Value,
+        }
+        let out = self.ctl(&["list_queues", "-q", "--formatter", "json", "name", "policy"]).await?;
+        let rows: Vec<Row> =
+            serde_json::from_str(&out).with_context(|| format!("parsing list_queues output {out:?}"))?;
+        Ok(rows.into_iter().map(|r| (r.name, r.policy.as_str().unwrap_or_default().to_string())).collect())
+    }
+
     /// Every queue with its ready and unacked counts.
     pub async fn list_queues(&self) -> anyhow::Result<Vec<QueueDepth>> {
         let out = self

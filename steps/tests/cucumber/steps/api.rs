@@ -327,8 +327,25 @@ async fn only_sensor(w: &mut World, sensor: String) -> anyhow::Result<()> {
 #[then(expr = "the API eventually serves the latest Feature {type} of sensor {string} from its last chunk")]
 async fn eventually_latest(w: &mut World, t: FeatureTypeParam, sensor: String) -> anyhow::Result<()> {
     let last = w.chunks_of(&sensor).last().map(|c| c.message_id).context("no chunk was published for this sensor")?;
+    latest_is(w, t, &sensor, last).await
+}
+
+/// "Latest" is the greatest `(captured_at, sequence, message_id)`, not the last to arrive.
+#[then(expr = "the API eventually serves the latest Feature {type} of sensor {string} from its newest chunk")]
+async fn eventually_latest_newest(w: &mut World, t: FeatureTypeParam, sensor: String) -> anyhow::Result<()> {
+    let newest = w
+        .chunks_of(&sensor)
+        .into_iter()
+        .max_by_key(|c| (c.captured_at, c.sequence, c.message_id))
+        .map(|c| c.message_id)
+        .context("no chunk was published for this sensor")?;
+    latest_is(w, t, &sensor, newest).await
+}
+
+/// Waits until the API's latest Feature `t` of `sensor` comes from chunk `last`.
+async fn latest_is(w: &mut World, t: FeatureTypeParam, sensor: &str, last: uuid::Uuid) -> anyhow::Result<()> {
     let api = w.api()?.clone();
-    let sensor_id = w.sensor(&sensor);
+    let sensor_id = w.sensor(sensor);
     let letter = t.letter();
     let body = eventually(
         &format!("the latest Feature {letter} of {sensor:?}"),

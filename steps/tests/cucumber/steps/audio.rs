@@ -13,6 +13,27 @@ async fn publish_n(w: &mut World, sensor: String, n: usize, signal: SignalParam)
     w.publish_signal(&sensor, signal.0, n, ChunkShape::default()).await.map(|_| ())
 }
 
+/// `n` chunks made in sequence (captured_at one chunk apart) but published newest first; the newest
+/// is through to Feature B before the others are published, so every consumer gets it first (the
+/// arrival order is the experiment, not left to the scheduling of concurrent handlers).
+#[when(expr = "sensor {string} publishes {int} chunks of {signal} newest first")]
+async fn publish_newest_first(w: &mut World, sensor: String, n: u64, signal: SignalParam) -> anyhow::Result<()> {
+    let sensor_id = w.sensor(&sensor);
+    let shape = ChunkShape::default();
+    let frames = (shape.sample_rate * shape.chunk_ms / 1000) as usize;
+    for seq in (0..n).rev() {
+        let samples = signal.0.render(shape.sample_rate, shape.channels, seq * frames as u64, frames);
+        let captured_at = w.t0 + chrono::Duration::milliseconds((seq * shape.chunk_ms as u64) as i64);
+        let chunk =
+            AudioChunk::from_samples(&sensor_id, seq, captured_at, shape.sample_rate, 1, shape.encoding, &samples);
+        w.publish_chunk(chunk).await?;
+        if seq + 1 == n {
+            w.wait_features(harness::amqp::Source::FeatureB, &sensor, 1).await?;
+        }
+    }
+    Ok(())
+}
+
 #[when(expr = "sensor {string} publishes a {int} ms chunk of {signal} sampled at {int} Hz")]
 async fn publish_shaped(w: &mut World, sensor: String, ms: u32, signal: SignalParam, rate: u32) -> anyhow::Result<()> {
     let shape = ChunkShape { sample_rate: rate, chunk_ms: ms, ..Default::default() };
@@ -215,15 +236,62 @@ async fn publish_feature_missing_field(w: &mut World, sensor: String, field: Str
     let mut v = serde_json::to_value(&a)?;
     let removed = v.as_object_mut().expect("object").remove(&field);
     anyhow::ensure!(removed.is_some(), "Feature A has no field {field:?} to remove");
-    let id = a.message_id.to_string();
+    publish_to_features_a(w, sensor_id, a.message_id.to_string(), &v).await
+}
+
+/// A Feature A with chosen values (`path = json; …`, e.g. `features.rms_dbfs = -60.001`) published
+/// straight to features_a, as Algorithm A would: Algorithm B's table and its input checks at their
+/// boundaries, independent of what DSP can produce.
+#[when(expr = "a Feature A for sensor {string} with {string} is published to features_a")]
+async fn publish_feature_a_with(w: &mut World, sensor: String, spec: String) -> anyhow::Result<()> {
+    let sensor_id = w.sensor(&sensor);
+    let samples = Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600);
+    let chunk = AudioChunk::from_samples(&sensor_id, 0, w.t0, 16_000, 1, Encoding::PcmF32le, &samples);
+    let a = harness::signal::feature_a_for(&chunk, "qa-producer", chrono::Utc::now())?;
+    let v = harness::signal::with_overrides(serde_json::to_value(&a)?, &spec)?;
+    publish_to_features_a(w, sensor_id, a.message_id.to_string(), &v).await
+}
+
+/// A Feature B (of a Feature A that is never published), with chosen values as above, published
+/// straight to features_b: the DataWriter's and the API's own input.
+#[when(expr = "a Feature B for sensor {string} with {string} is published to features_b")]
+async fn publish_feature_b_with(w: &mut World, sensor: String, spec: String) -> anyhow::Result<()> {
+    let sensor_id = w.sensor(&sensor);
+    let samples = Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 }.render(16_000, 1, 0, 1600);
+    let chunk = AudioChunk::from_samples(&sensor_id, 0, w.t0, 16_000, 1, Encoding::PcmF32le, &samples);
+    let a = harness::signal::feature_a_for(&chunk, "qa-producer", chrono::Utc::now())?;
+    let b = harness::signal::feature_b_for(&a, "qa-producer", chrono::Utc::now())?;
+    let v = harness::signal::with_overrides(serde_json::to_value(&b)?, &spec)?;
+    let exchange = w.pipeline().names.features_b();
+    publish_raw_feature(w, &exchange, sensor_id, b.message_id.to_string(), &v).await
+}
+
+/// Publishes a Feature A body (message id `id`) to features_a and records it as a raw message.
+async fn publish_to_features_a(
+    w: &mut World,
+    sensor_id: String,
+    id: String,
+    body: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let exchange = w.pipeline().names.features_a();
+    publish_raw_feature(w, &exchange, sensor_id, id, body).await
+}
+
+/// Publishes a Feature body to `exchange` and records its id as a raw message of `sensor_id`.
+async fn publish_raw_feature(
+    w: &mut World,
+    exchange: &str,
+    sensor_id: String,
+    id: String,
+    body: &serde_json::Value,
+) -> anyhow::Result<()> {
     let msg = RawMessage {
-        body: serde_json::to_vec(&v)?,
+        body: serde_json::to_vec(body)?,
         message_id: Some(id.clone()),
         sensor_id: Some(sensor_id.clone()),
         ..Default::default()
     };
-    let exchange = w.pipeline().names.features_a();
-    w.pipeline().publisher.raw_to(&exchange, "", &msg).await?;
+    w.pipeline().publisher.raw_to(exchange, "", &msg).await?;
     w.raw_ids.entry(sensor_id).or_default().push(id);
     Ok(())
 }

@@ -28,6 +28,22 @@ impl FromStr for LinkParam {
     }
 }
 
+/// A feature fanout of the chaos pipeline by its base name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Parameter)]
+#[param(name = "fanout", regex = "features_a|features_b")]
+pub struct FanoutParam(pub contract::FeatureType);
+
+impl FromStr for FanoutParam {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "features_a" => Ok(FanoutParam(contract::FeatureType::A)),
+            "features_b" => Ok(FanoutParam(contract::FeatureType::B)),
+            other => Err(format!("unknown fanout {other:?}; expected features_a or features_b")),
+        }
+    }
+}
+
 /// This scenario's chaos experiment.
 #[derive(Default)]
 pub struct ChaosState {
@@ -123,6 +139,64 @@ async fn server_fault(
     lead_in(after).await;
     let (p, rig) = (w.chaos.pipeline()?, w.chaos.rig()?);
     p.server_fault(rig, fault, hold).await
+}
+
+#[when(expr = "after {duration} the broker refuses every publish to {fanout} for {duration}")]
+async fn refuse_publishes(
+    w: &mut World,
+    after: DurationParam,
+    fanout: FanoutParam,
+    hold: DurationParam,
+) -> anyhow::Result<()> {
+    lead_in(after).await;
+    let (p, rig) = (w.chaos.pipeline()?, w.chaos.rig()?);
+    let exchange = match fanout.0 {
+        contract::FeatureType::A => p.names.features_a(),
+        contract::FeatureType::B => p.names.features_b(),
+    };
+    let refusing = p.refuse_publishes(rig, &exchange).await?;
+    // The refusal's length is the experiment: outputs published meanwhile are all nacked.
+    tokio::time::sleep(hold.0).await;
+    p.lift_refusal(rig, refusing).await
+}
+
+#[when(
+    expr = "after {duration} the writer is killed with SIGKILL while its INSERT waits for a lock on the features table, and replaced"
+)]
+async fn writer_killed_before_commit(w: &mut World, after: DurationParam) -> anyhow::Result<()> {
+    lead_in(after).await;
+    let p = w.chaos.pipeline()?;
+    let i = p.fault_started("data-writer: SIGKILL while its INSERT waits (features table locked against writes)");
+    let lock = p.hold_write_lock().await?;
+    let held = async {
+        // The writer receives a batch, sends its INSERT and waits for the lock: inside the window
+        // between receiving and COMMIT, seen from the database itself.
+        let started = std::time::Instant::now();
+        let waiting = loop {
+            let pids = p.writer_inserts_waiting().await?;
+            if !pids.is_empty() {
+                break pids;
+            }
+            ensure!(
+                started.elapsed() < Duration::from_secs(10),
+                "stage DataWriter: no INSERT of the writer waited on the locked features table within 10 s"
+            );
+            // Polling pg_stat_activity, which pushes nothing.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        ensure!(p.procs.kill(Component::DataWriter, Some(1)).await? == 1, "no running data-writer to kill");
+        // The dead process's sessions end with it, as a lost host's would: the server must not
+        // finish their INSERT once the lock goes.
+        p.terminate_sessions(&waiting).await?;
+        println!("      the writer was killed while {} INSERT(s) of it waited for COMMIT", waiting.len());
+        anyhow::Ok(())
+    }
+    .await;
+    lock.release().await?;
+    held?;
+    p.start_instance(Component::DataWriter, Link::WriterBroker).await?;
+    p.fault_ended(i);
+    Ok(())
 }
 
 #[when(expr = "after {duration} the broker application is stopped for {duration}")]
@@ -366,7 +440,8 @@ async fn check_ledger(w: &mut World, within: Duration, max_wait: Option<Duration
     let (p, rig) = (w.chaos.pipeline()?, w.chaos.rig()?.clone());
     let remaining = within.saturating_sub(started.elapsed()).max(Duration::from_secs(5));
     let observed = observe::drain_and_observe(p, &rig, &w.chaos.sensor, &confirmed, remaining).await?;
-    let expect = Expect { poison, fault_end: p.last_fault_end(), max_wait };
+    let refusals = p.refusals.lock().expect("refusals lock").clone();
+    let expect = Expect { poison, fault_end: p.last_fault_end(), max_wait, refusals };
     let verdict = checker::check(&confirmed, &expect, &observed);
     let canary = observe::canary(p, &w.sensor("canary"), Duration::from_secs(20)).await;
     let metrics = p.metrics_snapshot().await;

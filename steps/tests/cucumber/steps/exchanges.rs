@@ -139,33 +139,7 @@ async fn b_follows_rules(w: &mut World, sensor: String) -> anyhow::Result<()> {
             bad.push(format!("{}: no Feature B points at Feature A {a_id}", chunk_label(w, c)));
             continue;
         };
-        let fa = a.field("/features").cloned().unwrap_or_default();
-        let (class, confidence) =
-            harness::signal::reference_classification(&fa).context("the Feature A lacks rms_dbfs/clipping/flatness")?;
-        let got_class = b.str_field("/features/event_class").unwrap_or("<missing>");
-        let got_conf = b.field("/features/confidence").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-        let mut problems = Vec::new();
-        if got_class != class {
-            problems.push(format!("event_class {got_class:?}, expected {class:?}"));
-        }
-        if (got_conf - confidence).abs() > 1e-9 {
-            problems.push(format!("confidence {got_conf}, expected {confidence}"));
-        }
-        for (bf, af) in [("loudness_dbfs", "rms_dbfs"), ("dominant_frequency_hz", "dominant_frequency_hz")] {
-            let (x, y) = (b.field(&format!("/features/{bf}")), fa.get(af));
-            if x != y {
-                problems.push(format!("{bf} {x:?} is not the Feature A's {af} {y:?}"));
-            }
-        }
-        for field in ["/source_message_id", "/sensor_id", "/sequence", "/captured_at"] {
-            if b.field(field) != a.field(field) {
-                problems.push(format!(
-                    "{field} {:?} differs from the Feature A's {:?}",
-                    b.field(field),
-                    a.field(field)
-                ));
-            }
-        }
+        let problems = rule_problems(a, b)?;
         if !problems.is_empty() {
             bad.push(format!("{} (Feature A {a_id}): {}", chunk_label(w, c), problems.join("; ")));
         }
@@ -176,6 +150,86 @@ async fn b_follows_rules(w: &mut World, sensor: String) -> anyhow::Result<()> {
         bad.len(),
         pairs.len(),
         bad.join("\n    ")
+    );
+    Ok(())
+}
+
+/// How Feature B `b` breaks the contract's rules for Feature A `a`: class and confidence by the
+/// Algorithm B table (`harness::signal::reference_classification`), the copied fields, the lineage
+/// and the message id derived from the Feature A's (contract 1.3).
+fn rule_problems(a: &harness::amqp::Captured, b: &harness::amqp::Captured) -> anyhow::Result<Vec<String>> {
+    let a_id = a.str_field("/message_id").unwrap_or_default();
+    let fa = a.field("/features").cloned().unwrap_or_default();
+    let (class, confidence) =
+        harness::signal::reference_classification(&fa).context("the Feature A lacks rms_dbfs/clipping/flatness")?;
+    let got_class = b.str_field("/features/event_class").unwrap_or("<missing>");
+    let got_conf = b.field("/features/confidence").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    let mut problems = Vec::new();
+    if got_class != class {
+        problems.push(format!("event_class {got_class:?}, expected {class:?}"));
+    }
+    if (got_conf - confidence).abs() > 1e-9 {
+        problems.push(format!("confidence {got_conf}, expected {confidence}"));
+    }
+    for (bf, af) in [("loudness_dbfs", "rms_dbfs"), ("dominant_frequency_hz", "dominant_frequency_hz")] {
+        let (x, y) = (b.field(&format!("/features/{bf}")), fa.get(af));
+        // Copied means the same number: -60 and -60.0 are one JSON value to any decoder.
+        let same = x == y || x.and_then(|x| x.as_f64()).is_some_and(|x| y.and_then(|y| y.as_f64()) == Some(x));
+        if !same {
+            problems.push(format!("{bf} {x:?} is not the Feature A's {af} {y:?}"));
+        }
+    }
+    for field in ["/source_message_id", "/sensor_id", "/sequence", "/captured_at"] {
+        if b.field(field) != a.field(field) {
+            problems.push(format!("{field} {:?} differs from the Feature A's {:?}", b.field(field), a.field(field)));
+        }
+    }
+    if b.str_field("/feature_a_message_id") != Some(a_id) {
+        problems.push(format!(
+            "feature_a_message_id {:?} is not the Feature A's {a_id}",
+            b.str_field("/feature_a_message_id")
+        ));
+    }
+    let derived = a_id.parse().map(|id| contract::derived_message_id(id, contract::FeatureType::B).to_string());
+    if b.str_field("/message_id") != derived.as_deref().ok() {
+        problems.push(format!(
+            "message_id {:?} is not the one derived from the Feature A's id ({:?}): a redelivered Feature A would become a second Feature B",
+            b.str_field("/message_id"),
+            derived.ok()
+        ));
+    }
+    Ok(problems)
+}
+
+/// Boundary cases of the Algorithm B table: the one Feature B of `sensor`, its class exact and
+/// its confidence within the tolerance string.
+#[then(expr = "the Feature B for sensor {string} is {word} with confidence {string}")]
+async fn class_and_confidence(w: &mut World, sensor: String, class: String, spec: String) -> anyhow::Result<()> {
+    let spec: NumSpec = spec.parse()?;
+    let msgs = w.exactly_features(Source::FeatureB, &sensor, 1).await?;
+    let m = msgs.first().context("no Feature B")?;
+    let got = m.str_field("/features/event_class").unwrap_or("<missing>");
+    let conf = m.field("/features/confidence").and_then(|v| v.as_f64());
+    ensure!(
+        got == class && conf.is_some_and(|c| spec.accepts(c)),
+        "stage: Algorithm B — expected {class} with confidence {spec}, got {got} with confidence {conf:?}\n  message: {}",
+        m.summary()
+    );
+    Ok(())
+}
+
+/// The Feature B of a Feature A the scenario published itself (no chunk behind it).
+#[then(expr = "the Feature B for sensor {string} follows the contract's rules from the Feature A published for it")]
+async fn b_follows_rules_of_published(w: &mut World, sensor: String) -> anyhow::Result<()> {
+    let a = w.exactly_features(Source::FeatureA, &sensor, 1).await?;
+    let b = w.exactly_features(Source::FeatureB, &sensor, 1).await?;
+    let problems = rule_problems(&a[0], &b[0])?;
+    ensure!(
+        problems.is_empty(),
+        "stage: Algorithm B (Feature B) — breaks the contract's rules for Feature A {}: {}\n  message: {}",
+        a[0].str_field("/message_id").unwrap_or_default(),
+        problems.join("; "),
+        b[0].summary()
     );
     Ok(())
 }
