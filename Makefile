@@ -18,11 +18,13 @@ LOAD_SLA_PROFILE ?= floor
 LOAD_SPEC_TAGS  ?= @load
 LOAD_SPEC_ARGS  ?=
 LOAD_SCALE_ARGS ?=
+# `make mutants SHARD=3/16` runs one shard of the full mutation run (0-based, as the CI matrix)
+SHARD           ?=
 APT_PACKAGES    := build-essential pkg-config git curl ca-certificates python3 python3-venv \
                    rabbitmq-server postgresql postgresql-client
 
 .PHONY: help install infra-up infra-down infra-status run test test-unit bdd bdd-smoke \
-        bdd-component bdd-integration bdd-security bdd-contract bdd-chaos chaos-nightly fuzz fuzz-deep coverage lint format \
+        bdd-component bdd-integration bdd-security bdd-contract bdd-chaos chaos-nightly fuzz fuzz-deep mutants-sample mutants coverage lint format \
         audit load-smoke load-sla load-spec load-distributed-test load-scale load-bench bench live validate-deploy docker-build
 
 help: ## Show this help
@@ -89,6 +91,12 @@ fuzz: ## Hostile input, fixed seed (what CI runs): 600 inputs over the three cha
 
 fuzz-deep: ## Hostile input, random seed (printed) and 1700 inputs per channel: the nightly run
 	QA_FUZZ_SEED=random QA_FUZZ_INPUTS=1700 $(BDD) -- --tags @fuzz
+
+mutants-sample: ## Mutation score of a fixed sample of services/ (every 64th mutant; <= 10 min on a built tree)
+	scripts/mutants.sh sample
+
+mutants: ## Mutation score of all of services/ (hours on 2 cores; CI shards it nightly). SHARD=k/n for one shard
+	scripts/mutants.sh full $(SHARD)
 
 coverage: ## Line coverage of harness + services with cargo-llvm-cov; fails under 80%
 	$(CARGO) llvm-cov -p harness -p services --lib --fail-under-lines 80 --summary-only

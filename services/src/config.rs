@@ -705,6 +705,77 @@ mod tests {
         assert!(!env_help("sensor").contains("APQ_API_TOKENS"));
     }
 
+    /// Every rule of `validate` at its edge: the last value it accepts passes, the first it refuses
+    /// fails naming the setting (a flipped comparison or a dropped clause shows here).
+    #[test]
+    fn validate_accepts_each_edge_and_refuses_just_past_it() {
+        type Edit = fn(&mut Settings);
+        let cases: &[(&str, Edit, Edit)] = &[
+            ("data_writer.batch_size", |s| s.data_writer.batch_size = 1, |s| s.data_writer.batch_size = 0),
+            ("data_writer.connections", |s| s.data_writer.connections = 1, |s| s.data_writer.connections = 0),
+            (
+                "rest_api.rate_limit_per_sec",
+                |s| s.rest_api.rate_limit_per_sec = f64::MIN_POSITIVE,
+                |s| s.rest_api.rate_limit_per_sec = 0.0,
+            ),
+            (
+                "rest_api.rate_limit_per_sec",
+                |s| s.rest_api.rate_limit_per_sec = f64::MAX,
+                |s| s.rest_api.rate_limit_per_sec = f64::INFINITY,
+            ),
+            ("rest_api.rate_limit_per_sec", |_| {}, |s| s.rest_api.rate_limit_per_sec = f64::NAN),
+            ("rest_api.default_limit", |s| s.rest_api.default_limit = 1, |s| s.rest_api.default_limit = 0),
+            (
+                "rest_api.default_limit",
+                |s| s.rest_api.default_limit = s.rest_api.max_limit,
+                |s| s.rest_api.default_limit = s.rest_api.max_limit + 1,
+            ),
+            ("rest_api.header_timeout_ms", |s| s.rest_api.header_timeout_ms = 1, |s| s.rest_api.header_timeout_ms = 0),
+            (
+                "rest_api.auth_failure_limit",
+                |s| s.rest_api.auth_failure_limit = 1,
+                |s| s.rest_api.auth_failure_limit = 0,
+            ),
+            (
+                "rest_api.auth_failure_limit",
+                |s| s.rest_api.auth_failure_window_ms = 1,
+                |s| s.rest_api.auth_failure_window_ms = 0,
+            ),
+            ("rest_api.max_page_bytes", |s| s.rest_api.max_page_bytes = 1, |s| s.rest_api.max_page_bytes = 0),
+            ("amqp.reconnect_min_ms", |s| s.amqp.reconnect_min_ms = 1, |s| s.amqp.reconnect_min_ms = 0),
+            (
+                "amqp.reconnect_min_ms",
+                |s| s.amqp.reconnect_min_ms = s.amqp.reconnect_max_ms,
+                |s| s.amqp.reconnect_min_ms = s.amqp.reconnect_max_ms + 1,
+            ),
+            (
+                "data_writer.write_timeout_ms",
+                |s| s.data_writer.write_timeout_ms = 1,
+                |s| s.data_writer.write_timeout_ms = 0,
+            ),
+            (
+                "data_writer.write_timeout_ms",
+                |s| s.data_writer.connect_timeout_ms = 1,
+                |s| s.data_writer.connect_timeout_ms = 0,
+            ),
+            (
+                "data_writer.write_timeout_ms",
+                |s| s.data_writer.keepalive_idle_ms = 1,
+                |s| s.data_writer.keepalive_idle_ms = 0,
+            ),
+        ];
+        assert!(Settings::default().validate().is_ok(), "the defaults must be valid");
+        for (i, (setting, edge, past)) in cases.iter().enumerate() {
+            let mut s = Settings::default();
+            edge(&mut s);
+            assert!(s.validate().is_ok(), "case {i}: the edge of {setting} was refused: {:?}", s.validate());
+            let mut s = Settings::default();
+            past(&mut s);
+            let err = s.validate().expect_err(&format!("case {i}: just past the edge of {setting} was accepted"));
+            assert!(err.to_string().contains(setting), "case {i}: {err} does not name {setting}");
+        }
+    }
+
     #[test]
     fn unknown_file_keys_are_rejected() {
         assert!(toml::from_str::<Settings>("[amqp]\nurll = \"x\"").is_err());
