@@ -77,6 +77,10 @@ case "$mode" in
   *) sed -n '2,23p' "$0" >&2; exit 2 ;;
 esac
 
+if grep -rqF -- '~ changed by cargo-mutants ~' services/src; then
+  echo "mutants: services/src still holds a mutant from an interrupted run; restore it with: git checkout -- services/src" >&2
+  exit 2
+fi
 if ! command -v cargo-mutants >/dev/null 2>&1; then
   echo "== installing cargo-mutants (cargo install --locked cargo-mutants)"
   cargo install --locked cargo-mutants

@@ -40,6 +40,14 @@ if ! command -v chromium >/dev/null 2>&1 && [ -z "${QA_OFFLINE:-}" ] && [ "$(id 
 fi
 mkdir -p reports/screenshots
 
+# An in-place mutation run (scripts/mutants.sh) that was killed before its restore leaves a
+# mutant in the tree; testing or shipping that would be wrong whatever the results say.
+if leftovers=$(grep -rlF -- '~ changed by cargo-mutants ~' services/src contract/src harness/src steps/src load/src 2>/dev/null) && [ -n "$leftovers" ]; then
+  echo "== a cargo-mutants mutant is still in the source (an interrupted scripts/mutants.sh); restore with: git checkout -- services/src"
+  echo "$leftovers" | sed 's/^/  /'
+  failed_parts+=("leftover mutant"); status=1; add 0 1
+fi
+
 echo "== build"
 if ! cargo build --workspace --all-targets 2>&1 | tail -n 3; then :; fi
 

@@ -196,4 +196,32 @@ mod tests {
         contract::check_outgoing(MessageKind::FeatureA, &a).unwrap();
         contract::check_outgoing(MessageKind::FeatureB, &b).unwrap();
     }
+
+    /// Features with everything neutral except what a case sets.
+    fn at(rms_dbfs: f64, clipping_ratio: f64, spectral_flatness: f64) -> SignalFeatures {
+        SignalFeatures { rms_dbfs, clipping_ratio, spectral_flatness, ..features_of(Signal::Silence) }
+    }
+
+    // The confidence formula at interior points, computed by hand from the documented thresholds
+    // (silence −60 dBFS over 40 dB, clipping 0.05, flatness 0.2): a boundary test alone cannot
+    // tell `/` from `%` or `+` from `-` in it.
+    #[rstest]
+    #[case::silence_10_db_below(at(-70.0, 0.0, 0.5), EventClass::Silence, 0.75)]
+    #[case::silence_at_the_floor(at(-100.0, 0.0, 0.5), EventClass::Silence, 1.0)]
+    #[case::clipping_at_the_threshold(at(-3.0, 0.05, 0.5), EventClass::Clipping, 0.75)]
+    #[case::clipping_a_fifth(at(-3.0, 0.24, 0.5), EventClass::Clipping, 0.85)]
+    #[case::tone_half_way(at(-20.0, 0.0, 0.1), EventClass::Tone, 0.75)]
+    #[case::pure_tone(at(-20.0, 0.0, 0.0), EventClass::Tone, 1.0)]
+    #[case::noise_at_the_threshold(at(-20.0, 0.0, 0.2), EventClass::Noise, 0.5)]
+    #[case::noise_half_way(at(-20.0, 0.0, 0.4), EventClass::Noise, 0.75)]
+    fn confidence_follows_the_distance_from_the_boundary(
+        #[case] f: SignalFeatures,
+        #[case] class: EventClass,
+        #[case] confidence: f64,
+    ) {
+        let ev = classify(&f);
+        assert_eq!(ev.event_class, class, "{f:?}");
+        assert!((ev.confidence - confidence).abs() < 1e-9, "confidence: expected {confidence}, got {}", ev.confidence);
+        assert_eq!((ev.loudness_dbfs, ev.dominant_frequency_hz), (f.rms_dbfs, f.dominant_frequency_hz));
+    }
 }

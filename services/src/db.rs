@@ -611,4 +611,28 @@ mod tests {
         let t = DateTime::parse_from_rfc3339("2024-03-01T12:00:00.1234567+02:00").unwrap().with_timezone(&Utc);
         assert_eq!(format_micros(&t), "2024-03-01T10:00:00.123456Z");
     }
+
+    #[test]
+    fn refusals_are_data_errors_not_connection_or_schema_errors() {
+        let out_of_range = sequence_to_db(u64::MAX).unwrap_err();
+        assert!(out_of_range.is_refusal(), "a sequence beyond bigint is refused data: {out_of_range:?}");
+        assert!(!DbError::Schema("x".into()).is_refusal());
+        assert!(!DbError::Timeout("x".into()).is_refusal());
+    }
+
+    #[test]
+    fn role_names_are_plain_identifiers_of_at_most_63_bytes() {
+        let roles = |writer: &str| {
+            let writer = writer.to_string();
+            Roles::from_env(move |k| (k == "APQ_DB_WRITER_ROLE").then(|| writer.clone()))
+        };
+        let longest = format!("w{}", "_".repeat(62));
+        assert_eq!(roles(&longest).unwrap().writer, Some((longest.clone(), None)), "63 bytes is PostgreSQL's limit");
+        assert!(roles(&format!("{longest}x")).is_err(), "64 bytes would be truncated by PostgreSQL");
+        for bad in ["Writer", "1writer", "wri-ter", "wri ter", "wrïter"] {
+            assert!(roles(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(roles("").unwrap().writer, None, "empty means unset");
+        assert_eq!(roles("apq_writer").unwrap().reader, None);
+    }
 }

@@ -267,4 +267,21 @@ mod tests {
         assert_eq!((sr, ch, back.len()), (16_000, 1, 1600));
         assert!(back.iter().zip(&s).all(|(a, b)| (a - b).abs() < 1e-4));
     }
+
+    // Flatness is a ratio of means of the power spectrum, so it cannot depend on the level; for
+    // white noise it is e^-γ ≈ 0.56 (exponentially distributed bin powers), whatever the seed.
+    #[rstest]
+    #[case(0.5, 7)]
+    #[case(0.05, 7)]
+    #[case(0.005, 11)]
+    #[case(0.9, 23)]
+    fn white_noise_flatness_is_e_to_minus_gamma_at_any_level(#[case] amplitude: f64, #[case] seed: u64) {
+        let feat = extract(&Signal::WhiteNoise { amplitude, seed }.render(16_000, 1, 0, 4096), 1, 16_000);
+        let expected = (-0.577_215_664_9f64).exp();
+        assert!(
+            (feat.spectral_flatness - expected).abs() < 0.06,
+            "flatness at amplitude {amplitude}: expected {expected:.3} ± 0.06, got {}",
+            feat.spectral_flatness
+        );
+    }
 }

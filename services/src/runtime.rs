@@ -327,4 +327,20 @@ mod tests {
         h.work_reset();
         assert!(h.stalled_for().is_none(), "a new session starts with nothing in flight");
     }
+
+    #[test]
+    fn a_reset_forgets_work_in_flight() {
+        let h = Health::with_stall_after(Duration::from_millis(20));
+        h.set_ready(true);
+        h.work_started();
+        h.work_started();
+        h.work_reset();
+        // A lower bound only: 50 ms is past the 20 ms limit, so work still counted would stall.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(h.stalled_for().is_none() && h.is_ready(), "work counted after a reset: {:?}", h.stalled_for());
+        h.work_started();
+        h.work_done();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(h.stalled_for().is_none(), "one start, one done: nothing in flight");
+    }
 }

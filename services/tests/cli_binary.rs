@@ -51,3 +51,44 @@ fn an_invalid_setting_exits_1_naming_it() {
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.starts_with("pipeline: ") && stderr.contains("batch_size"), "stderr: {stderr}");
 }
+
+// `live` on a machine whose database is still starting waits for it (saying so) instead of
+// failing: the first line is about the wait, and the process is still running after it.
+#[test]
+fn live_waits_for_a_database_that_is_not_up_yet() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    // Port 9 (discard) on loopback: nothing listens, so every connect is refused at once.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .arg("live")
+        .env_remove("APQ_CONFIG")
+        .env("APQ_DATABASE_URL", "postgres://postgres@127.0.0.1:9/apq_not_there")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the pipeline binary starts");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let waiting = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains("waiting for PostgreSQL") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let exited = child.try_wait().expect("poll the child");
+    child.kill().ok();
+    child.wait().ok();
+    assert!(waiting, "no 'waiting for PostgreSQL' line within 20 s; stderr so far: {seen:#?}");
+    assert!(exited.is_none(), "live exited ({exited:?}) instead of waiting; stderr: {seen:#?}");
+}

@@ -235,6 +235,29 @@ mod tests {
         assert_eq!(throttle.locked_out(a, t0 + Duration::from_secs(10)), None);
     }
 
+    // The table is bounded: at MAX_THROTTLED_CLIENTS clients that all still have failures
+    // pending, the next new client makes it forget everyone (a flood of addresses must not grow
+    // memory without bound; forgetting only lets the flooder's own victims retry sooner).
+    #[test]
+    fn a_full_throttle_table_forgets_rather_than_grows() {
+        let t0 = Instant::now();
+        let throttle = AuthThrottle::new(3, Duration::from_secs(30));
+        let locked: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..4 {
+            throttle.failed(locked, t0);
+        }
+        assert!(throttle.locked_out(locked, t0).is_some());
+        let other = |i: usize| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i as u32));
+        for i in 0..MAX_THROTTLED_CLIENTS - 1 {
+            throttle.failed(other(i), t0);
+        }
+        assert!(throttle.locked_out(locked, t0).is_some(), "still within the bound: nothing forgotten");
+        throttle.failed(other(MAX_THROTTLED_CLIENTS), t0);
+        let tracked = throttle.clients.lock().unwrap().len();
+        assert_eq!(tracked, 1, "the table was full: only the newest client is tracked");
+        assert_eq!(throttle.locked_out(locked, t0), None, "forgotten with the rest");
+    }
+
     #[rstest]
     #[case::v4("10.0.0.7", "10.0.0.7")]
     #[case::v6_by_64("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::")]

@@ -285,4 +285,14 @@ mod tests {
         assert!(cache.get("s", FeatureType::A).is_none());
         assert!(cache.get("other", FeatureType::B).is_none());
     }
+
+    #[test]
+    fn age_counts_up_from_the_last_change() {
+        let cache = LatestCache::default();
+        let fresh = cache.age_secs();
+        assert!((0.0..5.0).contains(&fresh), "age of a new cache: {fresh}");
+        // A lower bound only: after 30 ms the age has grown by at least that.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert!(cache.age_secs() >= fresh + 0.03, "age {} after 30 ms (was {fresh})", cache.age_secs());
+    }
 }

@@ -322,4 +322,26 @@ mod tests {
         assert_eq!(p.status, 503);
         assert!(!p.detail.contains("secret"), "{}", p.detail);
     }
+
+    // Every status an axum/tower layer can produce on its own gets its own problem type; only
+    // unknown ones fall back to the generic type.
+    #[test]
+    fn bare_statuses_map_to_their_problem_types() {
+        for (status, ty) in [
+            (StatusCode::BAD_REQUEST, "validation"),
+            (StatusCode::UNAUTHORIZED, "unauthorized"),
+            (StatusCode::NOT_FOUND, "not_found"),
+            (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            (StatusCode::URI_TOO_LONG, "uri_too_long"),
+            (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"),
+            (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            (StatusCode::BAD_GATEWAY, "internal"),
+            (StatusCode::IM_A_TEAPOT, "http_error"),
+        ] {
+            let p = serde_json::to_value(ApiError::from_status(status).to_problem("/x")).unwrap();
+            assert_eq!(p["type"], format!("urn:apq:problem:{ty}"), "{status}: {p}");
+            assert_eq!(p["status"], status.as_u16(), "{status}: {p}");
+        }
+    }
 }

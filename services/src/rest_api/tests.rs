@@ -210,6 +210,22 @@ async fn oversized_bodies_are_413_problems() {
     problem(res, 413, "payload_too_large", "/healthz").await;
 }
 
+// The limit is the documented 16 KiB (literal here, not the constant): a body up to it is
+// ignored, one byte more is refused.
+#[tokio::test]
+async fn bodies_up_to_16_kib_are_tolerated() {
+    for (len, status) in [(16 * 1024, 200), (16 * 1024 + 1, 413)] {
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri("/healthz")
+            .header("content-length", len.to_string())
+            .body(Body::from(vec![b'x'; len]))
+            .unwrap();
+        let res = app(state_with(|_| {})).oneshot(req).await.unwrap();
+        assert_eq!(res.status().as_u16(), status, "GET /healthz with a {len}-byte body");
+    }
+}
+
 async fn boom() -> &'static str {
     panic!("secret internals")
 }

@@ -1,0 +1,74 @@
+//! The sensor against the real broker, read back from its work queue: what a consumer of
+//! `audio_stream` depends on — persistent messages, sequences 0..n without gaps, `captured_at`
+//! advancing by exactly one chunk duration, and samples that decode to the configured length.
+//! (The behaviour suite checks the same through the running binary; this is the library.)
+
+mod common;
+
+use common::{Scratch, channel, eventually};
+use lapin::options::BasicGetOptions;
+use services::config::SensorSettings;
+use services::contract::AudioChunk;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test]
+async fn chunks_are_persistent_gapless_and_spaced_by_their_duration() {
+    let scratch = Scratch::new().await;
+    let mut settings = scratch.settings();
+    settings.sensor = SensorSettings {
+        sensor_id: "sensor-lib-1".into(),
+        signal: "sine".into(),
+        chunk_ms: 40,
+        sample_rate: 8000,
+        count: 6,
+        rate_per_sec: 0.0,
+        ..SensorSettings::default()
+    };
+    let report =
+        tokio::time::timeout(Duration::from_secs(10), services::sensor::run(&settings, CancellationToken::new()))
+            .await
+            .expect("the sensor finishes 6 chunks within 10 s")
+            .expect("the sensor runs without error");
+    assert_eq!((report.sent, report.retries), (6, 0), "{report:?}");
+
+    let (_conn, ch) = channel().await;
+    let queue = scratch.names().audio_stream();
+    let mut chunks = Vec::new();
+    for _ in 0..6 {
+        let got = eventually(5, "a chunk on audio_stream", || {
+            let (ch, queue) = (ch.clone(), queue.clone());
+            async move { ch.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap() }
+        })
+        .await;
+        assert_eq!(got.delivery.properties.delivery_mode(), &Some(2), "chunks must be persistent");
+        let chunk: AudioChunk = serde_json::from_slice(&got.delivery.data).expect("a chunk decodes");
+        chunks.push(chunk);
+    }
+    let extra = ch.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap();
+    assert!(extra.is_none(), "more than 6 chunks published");
+
+    let sequences: Vec<u64> = chunks.iter().map(|c| c.sequence).collect();
+    assert_eq!(sequences, (0..6).collect::<Vec<_>>(), "sequences in publish order");
+    for pair in chunks.windows(2) {
+        let step = pair[1].captured_at - pair[0].captured_at;
+        assert_eq!(
+            step,
+            chrono::Duration::milliseconds(40),
+            "captured_at step {} → {}",
+            pair[0].sequence,
+            pair[1].sequence
+        );
+    }
+    for c in &chunks {
+        assert_eq!((c.sensor_id.as_str(), c.sample_rate, c.channels), ("sensor-lib-1", 8000, 1));
+        let samples = c.decode_samples().expect("samples decode");
+        assert_eq!(samples.len(), 320, "40 ms at 8 kHz, chunk {}", c.sequence);
+    }
+    assert_eq!(
+        chunks.iter().map(|c| c.message_id).collect::<std::collections::HashSet<_>>().len(),
+        6,
+        "message ids are distinct"
+    );
+    scratch.cleanup().await;
+}
