@@ -284,4 +284,14 @@ mod tests {
             feat.spectral_flatness
         );
     }
+
+    // A tone at exactly half the sample rate peaks in the last bin, which has no right
+    // neighbour to interpolate with.
+    #[test]
+    fn a_nyquist_tone_peaks_at_half_the_rate() {
+        let samples: Vec<f32> = (0..1600).map(|i| if i % 2 == 0 { 0.5 } else { -0.5 }).collect();
+        let feat = extract(&samples, 1, 16_000);
+        assert_eq!(feat.dominant_frequency_hz, 8000.0, "{feat:?}");
+        assert!((feat.zero_crossing_rate - 1.0).abs() < 0.01, "zcr {}", feat.zero_crossing_rate);
+    }
 }

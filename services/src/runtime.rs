@@ -343,4 +343,14 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(h.stalled_for().is_none(), "one start, one done: nothing in flight");
     }
+
+    // The stall clock starts when work is taken, not when the health was created.
+    #[test]
+    fn work_taken_late_is_not_stalled_at_once() {
+        let h = Health::with_stall_after(Duration::from_millis(20));
+        h.set_ready(true);
+        std::thread::sleep(Duration::from_millis(50));
+        h.work_started();
+        assert!(h.stalled_for().is_none(), "fresh work counted as stalled: {:?}", h.stalled_for());
+    }
 }

@@ -192,4 +192,20 @@ mod tests {
         let (a, _, _) = src.chunk(1, 0, 1);
         assert_eq!(a.len(), 10);
     }
+
+    #[test]
+    fn wav_chunks_take_consecutive_frames_and_wrap_mid_chunk() {
+        // Five stereo frames whose samples are their own index: frame f = (f, f + 0.5).
+        let samples: Vec<f32> = (0..5).flat_map(|f| [f as f32, f as f32 + 0.5]).collect();
+        let src = Source::Wav { samples, sample_rate: 1000, channels: 2 };
+        let frames = |seq| {
+            let (s, _, _) = src.chunk(seq, 0, 3); // 3 ms at 1 kHz: 3 frames
+            s.chunks(2).map(|f| f[0] as u32).collect::<Vec<_>>()
+        };
+        assert_eq!(frames(0), vec![0, 1, 2]);
+        assert_eq!(frames(1), vec![3, 4, 0], "chunk 1 continues at frame 3 and wraps to the start");
+        assert_eq!(frames(2), vec![1, 2, 3]);
+        let (s, _, _) = src.chunk(1, 0, 3);
+        assert_eq!(s[1], 3.5, "channels stay interleaved");
+    }
 }

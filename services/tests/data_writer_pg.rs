@@ -337,8 +337,8 @@ async fn dead_letter_reasons(ch: &lapin::Channel, queue: &str, n: usize) -> Vec<
     reasons
 }
 
-// A batch that fills is written at once, not when its linger runs out: with a 30 s linger, three
-// rows in a batch of three are in the database within seconds.
+// A batch waits for its linger unless it fills: with a 30 s linger one row stays unwritten, and
+// three rows in a batch of three are in the database within seconds.
 #[tokio::test]
 async fn a_full_batch_is_written_before_its_linger_ends() {
     let scratch = Scratch::new().await;
@@ -349,9 +349,13 @@ async fn a_full_batch_is_written_before_its_linger_ends() {
     let (task, stop, _health) = start_writer(settings).await;
     let c = scratch.client().await;
     let (_conn, ch) = channel().await;
-    for i in 0..3 {
-        let f = feature_a("full-batch", i, t("2024-03-01T00:00:00Z") + chrono::Duration::seconds(i as i64));
-        publish(&ch, &names.features_a(), &serde_json::to_vec(&f).unwrap()).await;
+    let row = |i: u64| feature_a("full-batch", i, t("2024-03-01T00:00:00Z") + chrono::Duration::seconds(i as i64));
+    publish(&ch, &names.features_a(), &serde_json::to_vec(&row(0)).unwrap()).await;
+    // The lone row lingers (a lower bound: 1 s of the 30 s linger), unwritten.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count(&c).await, 0, "a row of an unfilled batch was written before its linger ended");
+    for i in 1..3 {
+        publish(&ch, &names.features_a(), &serde_json::to_vec(&row(i)).unwrap()).await;
     }
     wait_for_rows(&c, 3).await;
     stop.cancel();

@@ -167,7 +167,12 @@ async fn sensor_blip(
     let p = spawn_sensor(w, &env).await?;
     let tap = w.sensor.tap.clone().context("no work-queue tap")?;
     tap.wait_for(after, w.deadline()).await?;
-    ensure!(proxy.connections() > 0, "the sensor has no connection through its proxy to cut");
+    ensure!(
+        proxy.connections() > 0,
+        "the sensor has no connection through its proxy to cut ({} chunks on the queue when the harness saw chunk {after}; \
+         of {n}: a sensor already done means the harness was too slow, not a sensor bug)",
+        tap.len()
+    );
     proxy.set(LinkFault::Reset);
     proxy.reset_connections();
     // The outage is the point of the scenario: the link stays cut for exactly this long.
