@@ -14,7 +14,18 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
 say() { printf 'load-smoke: %s\n' "$*"; }
+failures=()  # one line per failed gate or check, repeated above the last line (CI shows the tail)
+failed_gates() { # sla-summary.json: one line per failed gate
+  python3 - "$1" 2>/dev/null <<'PY'
+import json, sys
+for g in json.load(open(sys.argv[1]))["gates"]:
+    if g["verdict"] == "fail":
+        print(f"{g['name']}: observed {g.get('observed')} vs {g['threshold']}; {g['detail']}")
+PY
+}
 finish() { # passed failed status
+  local l
+  for l in "${failures[@]}"; do say "FAILED $l"; done
   say "wall time $(( $(date +%s) - t0 )) s"
   echo "load-smoke: $1 passed, $2 failed"
   exit "$3"
@@ -91,8 +102,9 @@ run_dir="$(newest)"
 summary="${run_dir}sla-summary.json"
 if [ -n "$run_dir" ] && [ "$run_dir" != "$before" ] && [ -f "$summary" ]; then
   read -r p f < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["passed"], d["failed"])' "$summary")
+  while IFS= read -r l; do failures+=("gate $l"); done < <(failed_gates "$summary")
 else
-  p=0; f=1; say "no summary written (exit $rc)"
+  p=0; f=1; say "no summary written (exit $rc)"; failures+=("gate runner: no summary written (exit $rc)")
 fi
 # The latency waterfall (issue #15) must be in the report and add up: one more check.
 if [ -f "$summary" ] && python3 - "$summary" "${run_dir}index.html" <<'PY'
@@ -111,9 +123,9 @@ big = sorted(w["segments"], key=lambda s: -s["p99_ms"])[:3]
 print(f"load-smoke: waterfall of {w['complete']} chunks: end to end p50 {e['p50_ms']:.1f} / p99 {e['p99_ms']:.1f} ms; largest p99 segments: "
       + ", ".join(f"{s['key']} {s['p99_ms']:.1f} ms" for s in big))
 PY
-then p=$((p + 1)); else f=$((f + 1)); fi
+then p=$((p + 1)); else f=$((f + 1)); failures+=("latency waterfall check (message above)"); fi
 # A harness error (exit 1) counts as a failure even if every gate written so far passed.
-[ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && f=1
+[ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && { f=1; failures+=("gate runner exited $rc with every gate passed (a harness error; see above)"); }
 
 # The Gherkin SLA specs tagged @smoke (features/sla): a private reference API with 4 sensors,
 # latest readers in this process and split over 2 worker processes (merged exactly), and a
@@ -126,10 +138,11 @@ src=$?
 spec_dir="$(newest)"
 if [ -n "$spec_dir" ] && [ "$spec_dir" != "$before" ] && [ -f "${spec_dir}sla-summary.json" ]; then
   read -r sp sf < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["passed"], d["failed"])' "${spec_dir}sla-summary.json")
+  while IFS= read -r l; do failures+=("spec gate $l"); done < <(failed_gates "${spec_dir}sla-summary.json")
 else
-  sp=0; sf=1; say "the specs wrote no summary (exit $src)"
+  sp=0; sf=1; say "the specs wrote no summary (exit $src)"; failures+=("SLA specs: no summary written (exit $src)")
 fi
-[ "$src" -ne 0 ] && [ "$sf" -eq 0 ] && sf=1
+[ "$src" -ne 0 ] && [ "$sf" -eq 0 ] && { sf=1; failures+=("SLA specs exited $src with every gate passed (a harness error; see above)"); }
 p=$((p + sp)); f=$((f + sf))
 [ "$src" -ne 0 ] && rc=$src
 finish "$p" "$f" "$([ "$rc" -eq 0 ] && echo 0 || echo 1)"

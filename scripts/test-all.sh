@@ -12,6 +12,9 @@ scripts/infra.sh up || { echo "0 passed, 1 failed"; exit 1; }
 passed=0; failed=0; status=0
 add() { passed=$((passed + $1)); failed=$((failed + $2)); }
 failed_parts=()
+# Seconds per part, printed at the end (CI's budget is ~20 min; this says where it went).
+timings=(); part_t0=$start
+took() { local now; now=$(date +%s); timings+=("$1 $((now - part_t0)) s"); part_t0=$now; }
 # When a part fails: its log's tail, and the tails of the service logs it left (sut-logs/ of a
 # behaviour run, the load runs' logs), so CI shows why without fetching artifacts. Everything
 # stays under reports/ (nothing here deletes a report).
@@ -51,6 +54,7 @@ fi
 echo "== build"
 if ! cargo build --workspace --all-targets 2>&1 | tail -n 3; then :; fi
 
+took "infrastructure + build"
 echo "== cargo tests (unit + integration, every crate but the cucumber runner)"
 touch reports/cargo-test.log.start
 # The steps crate's own checks (vocabulary, tags, design.md) run here; its cucumber binary below.
@@ -65,6 +69,7 @@ grep -q '^error: could not compile' reports/cargo-test.log && f=$((f + 1))
 add "$p" "$f"
 echo "cargo tests: $p passed, $f failed"
 
+took "cargo tests"
 echo "== behaviour suite (cargo test --test cucumber)"
 # This run's reports: reports/bdd/runs/<run id>/, with reports/bdd/latest pointing at them.
 rm -f reports/bdd/latest
@@ -86,6 +91,7 @@ fi
 add "$p" "$f"
 echo "behaviour suite: $p scenarios passed, $f failed"
 
+took "behaviour suite"
 # Scripted checks, each ending with `<name>: N passed, M failed`.
 scripted() { # name script
   local name=$1 script=$2 p f
@@ -97,11 +103,14 @@ scripted() { # name script
 }
 echo "== SUT adapter protocol: every @needs-sut-control scenario through scripts/adapters/reference.sh"
 scripted adapter-check scripts/adapter-check.sh
+took "adapter-check"
 echo "== external profile against a hand-started deployment: its dead letters and rows survive the run"
 scripted external-check scripts/external-check.sh
+took "external-check"
 echo "== two clones sharing one target directory, run at once: own features, own reports"
 scripted two-clones scripts/two-clones-check.sh
 
+took "two-clones"
 if [ -n "${QA_OFFLINE:-}" ]; then
   echo "== schemathesis: skipped (QA_OFFLINE set; it is pip-installed from PyPI on first use)"
 else
@@ -109,6 +118,7 @@ else
   scripted schemathesis scripts/schemathesis.sh
 fi
 
+took "schemathesis"
 echo "== load smoke (goose REST + AMQP pipeline gates, floor SLA profile, seconds)"
 touch reports/load-smoke.log.start
 scripts/load-smoke.sh 2>&1 | tee reports/load-smoke.log | tail -n 20
@@ -116,6 +126,7 @@ scripts/load-smoke.sh 2>&1 | tee reports/load-smoke.log | tail -n 20
 read -r p f < <(sed -n 's/^load-smoke: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' reports/load-smoke.log | tail -n 1)
 add "${p:-0}" "${f:-1}"
 
+took "load smoke"
 if [ -n "${QA_OFFLINE:-}" ]; then
   echo "== deployment artifacts: hadolint/pip checks skipped (QA_OFFLINE set); schemas were checked offline by cargo test"
 elif [ -x scripts/validate-deploy.sh ]; then
@@ -127,7 +138,9 @@ elif [ -x scripts/validate-deploy.sh ]; then
   add "${p:-0}" "${f:-1}"
 fi
 
-echo "== wall time: $(( $(date +%s) - start )) s"
+took "deployment validation"
+parts=$(printf '%s, ' "${timings[@]}")
+echo "== wall time: $(( $(date +%s) - start )) s (${parts%, })"
 [ "${#failed_parts[@]}" -gt 0 ] && echo "== failed: ${failed_parts[*]}; every log and report is kept under reports/"
 [ "$failed" -gt 0 ] && status=1
 echo "$passed passed, $failed failed"

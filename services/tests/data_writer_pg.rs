@@ -258,16 +258,7 @@ async fn writer_stores_batches_dead_letters_garbage_and_survives_a_db_disconnect
 
     wait_for_rows(&c, 30).await;
     assert_eq!(db::count_by_id(&c, a_msgs[3].message_id).await.unwrap(), 1);
-    let dlq = services::topology::Names::dlq_of(&names.writer_queue_a());
-    let mut reasons = Vec::new();
-    for _ in 0..2 {
-        let got = eventually(5, "a dead letter", || {
-            let (ch, dlq) = (ch.clone(), dlq.clone());
-            async move { ch.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap() }
-        })
-        .await;
-        reasons.push(services::amqp::header_str(&got.delivery.properties, "x-dlq-reason").unwrap());
-    }
+    let mut reasons = dead_letter_reasons(&ch, &names.writer_queue_a(), 2).await;
     reasons.sort();
     assert_eq!(reasons, vec!["invalid_json", "schema_violation"]);
 
