@@ -51,6 +51,13 @@ if leftovers=$(grep -rlF -- '~ changed by cargo-mutants ~' services/src contract
   failed_parts+=("leftover mutant"); status=1; add 0 1
 fi
 
+# schemathesis (pip, network-bound) installs while cargo builds; its part waits for it below.
+st_install=""
+if [ -z "${QA_OFFLINE:-}" ]; then
+  scripts/schemathesis.sh install >reports/schemathesis-install.log 2>&1 &
+  st_install=$!
+fi
+
 echo "== build"
 if ! cargo build --workspace --all-targets 2>&1 | tail -n 3; then :; fi
 
@@ -115,6 +122,7 @@ if [ -n "${QA_OFFLINE:-}" ]; then
   echo "== schemathesis: skipped (QA_OFFLINE set; it is pip-installed from PyPI on first use)"
 else
   echo "== schemathesis against the served /openapi.json (every check, stateful phase, fixed seed)"
+  [ -n "$st_install" ] && { wait "$st_install"; tail -n 1 reports/schemathesis-install.log; }
   scripted schemathesis scripts/schemathesis.sh
 fi
 

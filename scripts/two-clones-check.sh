@@ -2,7 +2,9 @@
 # Two checkouts sharing one target directory, run at the same time, each run their own feature
 # files and write their own reports (paths are resolved at run time, never compiled in). Clone B
 # drops one feature file, so its scenario count tells whose features it ran. Clones HEAD (commit
-# first to check uncommitted work). Ends with `two-clones: N passed, M failed`.
+# first to check uncommitted work). Each runs a fast subset of features (the full behaviour suite
+# already ran in this CI; what is checked here is isolation between checkouts, not behaviour).
+# Ends with `two-clones: N passed, M failed`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 say() { printf 'two-clones: %s\n' "$*"; }
@@ -27,8 +29,10 @@ rm "$work/b/$dropped"
 for c in a b; do
   (cd "$work/$c" && CARGO_TARGET_DIR="$target" cargo build -q -p steps --bins --tests) || { echo "two-clones: 0 passed, 1 failed"; exit 1; }
 done
+# The glob is resolved in each clone's own checkout; it names the dropped file, which B lacks.
+subset='features/{contracts,pipeline,data_writer,rest_api}.feature'
 for c in a b; do
-  (cd "$work/$c" && CARGO_TARGET_DIR="$target" QA_CONCURRENCY=4 cargo test -q -p steps --test cucumber -- --tags "not @fuzz and not @chaos" >"$work/$c.log" 2>&1; echo $? >"$work/$c.rc") &
+  (cd "$work/$c" && CARGO_TARGET_DIR="$target" QA_CONCURRENCY=4 cargo test -q -p steps --test cucumber -- --input "$subset" --tags "not @fuzz and not @chaos" >"$work/$c.log" 2>&1; echo $? >"$work/$c.rc") &
 done
 wait
 summary() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["passed"], d["failed"])' "$work/$1/reports/latest/cucumber/summary.json" 2>/dev/null || echo "0 1"; }
