@@ -33,7 +33,9 @@ finish() { # passed failed status
 
 scripts/infra.sh up >/dev/null 2>&1 || { say "infrastructure did not come up (scripts/infra.sh up)"; finish 0 1 1; }
 # No-ops when scripts/test-all.sh already built the workspace.
-cargo build -q -p services --bin pipeline -p load --bin load || { say "build failed"; finish 0 1 1; }
+# --workspace --all-targets: the feature set scripts/test-all.sh built; a subset (-p X) unifies
+# dependency features differently and recompiles them (about a minute each).
+cargo build -q --workspace --all-targets || { say "build failed"; finish 0 1 1; }
 
 mkdir -p reports/load
 token=smoke-token

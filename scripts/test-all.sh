@@ -114,10 +114,6 @@ took "adapter-check"
 echo "== external profile against a hand-started deployment: its dead letters and rows survive the run"
 scripted external-check scripts/external-check.sh
 took "external-check"
-echo "== two clones sharing one target directory, run at once: own features, own reports"
-scripted two-clones scripts/two-clones-check.sh
-
-took "two-clones"
 if [ -n "${QA_OFFLINE:-}" ]; then
   echo "== schemathesis: skipped (QA_OFFLINE set; it is pip-installed from PyPI on first use)"
 else
@@ -147,6 +143,11 @@ elif [ -x scripts/validate-deploy.sh ]; then
 fi
 
 took "deployment validation"
+# Last: it touches this checkout's sources afterwards (see the script), so anything built after
+# it would recompile the workspace crates.
+echo "== two clones sharing one target directory, run at once: own features, own reports"
+scripted two-clones scripts/two-clones-check.sh
+took "two-clones"
 parts=$(printf '%s, ' "${timings[@]}")
 echo "== wall time: $(( $(date +%s) - start )) s (${parts%, })"
 [ "${#failed_parts[@]}" -gt 0 ] && echo "== failed: ${failed_parts[*]}; every log and report is kept under reports/"
