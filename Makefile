@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 CARGO     ?= cargo
 SUDO      ?= $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-BDD       := $(CARGO) test -p steps --test cucumber
+BDD       := $(CARGO) test --workspace --test cucumber
 API_URL   ?= http://127.0.0.1:8000
 REGISTRY  ?= ghcr.io/audio-pipeline-qa
 TAG       ?= latest

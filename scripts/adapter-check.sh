@@ -20,7 +20,7 @@ mkdir -p reports/adapter
 rm -f reports/adapter/latest
 REFERENCE_PIPELINE_BIN="$target/debug/sut-pipeline" QA_SUT_COMMAND="$PWD/scripts/adapters/reference.sh" \
 QA_REPORT_DIR=reports/adapter \
-  cargo test -q -p steps --test cucumber -- --tags "@needs-sut-control and (not @chaos or @adapter)" 2>&1 | tee reports/adapter/cucumber.log | tail -n 4
+  cargo test -q --workspace --test cucumber -- --tags "@needs-sut-control and (not @chaos or @adapter)" 2>&1 | tee reports/adapter/cucumber.log | tail -n 4
 suite=${PIPESTATUS[0]}
 summary=reports/adapter/latest/cucumber/summary.json
 read -r p f < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["passed"], d["failed"])' "$summary" 2>/dev/null || echo "0 1")

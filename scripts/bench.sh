@@ -38,7 +38,7 @@ status=$?
 # Hostile-input throughput: inputs checked per second with the whole oracle (publish, canary,
 # accounting, logs, rows, API, memory), debug services, the three channels' campaigns at once.
 say "hostile input (fixed seed, 600 inputs through the oracle)"
-QA_REPORT_DIR=reports/bench-fuzz cargo test -q -p steps --test cucumber -- --tags @fuzz >reports/bench-fuzz.log 2>&1
+QA_REPORT_DIR=reports/bench-fuzz cargo test -q --workspace --test cucumber -- --tags @fuzz >reports/bench-fuzz.log 2>&1
 grep -E '^hostile input:|^scenarios:' reports/bench-fuzz.log | cut -c1-160
 python3 - <<'PY'
 import json, re, glob, os

@@ -56,7 +56,7 @@ psql -q -h 127.0.0.1 -U postgres -d "$db" -c "INSERT INTO features (message_id, 
 before=$("$probe" rows-outside "no-such-prefix-")
 
 QA_PROFILE=external QA_NAMESPACE="$ns" QA_API_URL="$url" QA_API_TOKEN="$token" QA_REPORT_DIR=reports/external \
-  cargo test -q -p steps --test cucumber 2>&1 | tee reports/external/cucumber.log | tail -n 6
+  cargo test -q --workspace --test cucumber 2>&1 | tee reports/external/cucumber.log | tail -n 6
 suite=${PIPESTATUS[0]}
 run_id=$(sed -n 's/^harness: run \([0-9a-f]*\) ready.*/\1/p' reports/external/cucumber.log | head -n1)
 check "the behaviour suite passes against the deployment (external profile)" '[ "$suite" = 0 ]'

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 if [ "${QA_PROFILE:-local}" = local ]; then scripts/infra.sh up; fi
 mkdir -p reports
 status=0
-cargo test -p steps --test cucumber -- "$@" 2>&1 | tee reports/cucumber.log || status=$?
+cargo test --workspace --test cucumber -- "$@" 2>&1 | tee reports/cucumber.log || status=$?
 echo
 echo "reports of this run: reports/latest/ (-> reports/runs/<run id>/; earlier runs stay in reports/runs/)"
 echo "  cucumber/junit.xml, cucumber/cucumber.json, cucumber/summary.json"

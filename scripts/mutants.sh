@@ -3,7 +3,7 @@
 #   tier 1  every mutant against the services crate's own tests (unit + integration tests on the
 #           real broker and database): seconds per mutant, and most mutants die here;
 #   tier 2  only the mutants tier 1 missed, against the behaviour suite
-#           (`cargo test -p steps --test cucumber`, the reference pipeline started from the mutated
+#           (`cargo test --workspace --test cucumber`, the reference pipeline started from the mutated
 #           code): minutes per mutant, so it runs on the few that need it.
 # A mutant is caught when either tier's tests fail; a timeout counts as caught (the tests noticed a
 # hang) and is reported apart. Unviable mutants (that do not build) are not in the score.
@@ -117,7 +117,7 @@ if [ -z "${MUTANTS_TIER1_ONLY:-}" ] && [ -s "$out/tier1/mutants.out/missed.txt" 
   # and give each mutant 3x its time (at least 5 min) before calling it a timeout.
   t2=$(date +%s)
   echo "tier 2 baseline: the unmutated behaviour suite"
-  if ! cargo test -p steps --test cucumber >"$out/tier2-baseline.log" 2>&1; then
+  if ! cargo test --workspace --test cucumber >"$out/tier2-baseline.log" 2>&1; then
     echo "mutants: the behaviour suite fails without a mutant (see $out/tier2-baseline.log); no tier 2"
     echo "mutants: 0 passed, 1 failed"; exit 1
   fi

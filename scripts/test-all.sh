@@ -67,7 +67,12 @@ touch reports/cargo-test.log.start
 # The steps crate's own checks (vocabulary, tags, design.md) run here; its cucumber binary below.
 # tests/bundle_scope.rs runs the suite's binary (built above) on a fixture whose scenarios fail on purpose.
 # harness/tests/html_report_chromium.rs leaves its screenshot in reports/screenshots/.
-{ QA_SCREENSHOT_DIR="$PWD/reports/screenshots" cargo test --workspace --exclude steps 2>&1 || echo "CARGO-TEST-FAILED"; cargo test -p steps --lib --test bundle_scope 2>&1 || echo "CARGO-TEST-FAILED"; } \
+# Every invocation selects the whole workspace (then narrows by target): a -p subset resolves
+# dependency features differently and would compile a second copy of them (~1 min).
+shots="$PWD/reports/screenshots"
+{ cargo test --workspace --lib --bins --test bundle_scope 2>&1 || echo "CARGO-TEST-FAILED"
+  QA_SCREENSHOT_DIR="$shots" cargo test --workspace --exclude steps --test '*' 2>&1 || echo "CARGO-TEST-FAILED"
+  cargo test --workspace --doc 2>&1 || echo "CARGO-TEST-FAILED"; } \
   | tee reports/cargo-test.log | grep -E '^(test result|failures:|    [a-z_:]+$|---- )' || true
 grep -q '^CARGO-TEST-FAILED' reports/cargo-test.log && { status=1; evidence "cargo tests" reports/cargo-test.log; }
 read -r p f < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p+0, f+0 }' reports/cargo-test.log)
@@ -81,7 +86,7 @@ echo "== behaviour suite (cargo test --test cucumber)"
 # This run's reports: reports/bdd/runs/<run id>/, with reports/bdd/latest pointing at them.
 rm -f reports/bdd/latest
 touch reports/cucumber.log.start
-QA_REPORT_DIR=reports/bdd cargo test -p steps --test cucumber 2>&1 | tee reports/cucumber.log | tail -n 25
+QA_REPORT_DIR=reports/bdd cargo test --workspace --test cucumber 2>&1 | tee reports/cucumber.log | tail -n 25
 [ "${PIPESTATUS[0]}" = 0 ] || { status=1; evidence "behaviour suite" reports/cucumber.log reports/bdd/latest/sut-logs; }
 # A screenshot of this run's HTML report, for the CI artifacts.
 if command -v chromium >/dev/null 2>&1 && [ -f reports/bdd/latest/report.html ]; then

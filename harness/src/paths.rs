@@ -83,7 +83,7 @@ pub fn reference_sut_binary() -> anyhow::Result<PathBuf> {
         .collect();
     candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
         format!(
-            "no reference SUT binary at {}; build it (`cargo build -p steps`) or set QA_SUT_COMMAND to your adapter",
+            "no reference SUT binary at {}; build it (`cargo build --workspace`) or set QA_SUT_COMMAND to your adapter",
             candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or ")
         )
     })

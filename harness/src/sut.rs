@@ -84,7 +84,7 @@ impl Processes {
         let Some(program) = command.first() else { bail!("the SUT adapter command is empty") };
         if program.contains('/') && !std::path::Path::new(program).is_file() {
             bail!(
-                "the SUT adapter {program} does not exist (QA_SUT_COMMAND, or build the reference with `cargo build -p steps`)"
+                "the SUT adapter {program} does not exist (QA_SUT_COMMAND, or build the reference with `cargo build --workspace`)"
             );
         }
         std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;

@@ -8,7 +8,7 @@
 # REFERENCE_PIPELINE_BIN (absolute path of services' `pipeline` binary) is this adapter's own
 # setting, not part of the protocol. Usage:
 #   REFERENCE_PIPELINE_BIN=$PWD/target/debug/pipeline QA_SUT_COMMAND=$PWD/scripts/adapters/reference.sh \
-#     cargo test -p steps --test cucumber -- --tags @needs-sut-control
+#     cargo test --workspace --test cucumber -- --tags @needs-sut-control
 set -euo pipefail
 
 die() { printf 'reference adapter: %s\n' "$*" >&2; exit 64; }

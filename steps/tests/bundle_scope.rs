@@ -10,7 +10,7 @@
 //! scenario and step; the HTML report.
 //!
 //! Needs the broker and the database (`scripts/infra.sh up`), like the behaviour suite, and the
-//! suite's binary built (`cargo test -p steps` builds it first; `scripts/test-all.sh` does).
+//! suite's binary built (`cargo test --workspace` builds it first; `scripts/test-all.sh` does).
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ fn cucumber_binary() -> PathBuf {
         })
         .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
         .unwrap_or_else(|| {
-            panic!("no cucumber-* binary in {}: run `cargo test -p steps --no-run` first", deps.display())
+            panic!("no cucumber-* binary in {}: run `cargo test --workspace --no-run` first", deps.display())
         })
 }
 

@@ -27,7 +27,7 @@ pub fn explain(err: &anyhow::Error, at: &Endpoints) -> String {
         (
             "the services under test",
             "-".to_string(),
-            "build them with `cargo build -p steps`, or set QA_SUT_COMMAND to your adapter",
+            "build them with `cargo build --workspace`, or set QA_SUT_COMMAND to your adapter",
         )
     } else if has("migrate") {
         (

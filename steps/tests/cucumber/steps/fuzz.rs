@@ -71,7 +71,7 @@ async fn publish(w: &mut World, batch: usize) -> anyhow::Result<()> {
     let scenario = w.scenario.clone();
     let reproduce = |inputs: &[HostileInput]| {
         format!(
-            "QA_FUZZ_SEED={} QA_FUZZ_INPUTS={} QA_FUZZ_ONLY={} cargo test -p steps --test cucumber -- --name {:?}",
+            "QA_FUZZ_SEED={} QA_FUZZ_INPUTS={} QA_FUZZ_ONLY={} cargo test --test cucumber -- --name {:?}",
             w.fuzz.seed,
             inputs.iter().map(|i| i.index + 1).max().unwrap_or(1),
             inputs.iter().map(|i| i.index.to_string()).collect::<Vec<_>>().join(","),
