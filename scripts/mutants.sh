@@ -37,17 +37,21 @@ def read(path):
         return set()
 caught, timeout, missed, unviable, runs = set(), set(), set(), set(), 0
 for d in sys.argv[1:]:
-    for tier in ("tier1", "tier2"):
-        out = os.path.join(d, tier, "mutants.out")
-        if not os.path.isdir(out):
-            continue
-        runs += 1
-        caught |= read(f"{out}/caught.txt")
-        timeout |= read(f"{out}/timeout.txt")
-        unviable |= read(f"{out}/unviable.txt")
-    # What tier 2 missed is missed; without a tier 2, tier 1's misses stand.
+    t1 = os.path.join(d, "tier1", "mutants.out")
     t2 = os.path.join(d, "tier2", "mutants.out")
-    missed |= read(f"{t2}/missed.txt") if os.path.isdir(t2) else read(os.path.join(d, "tier1", "mutants.out", "missed.txt"))
+    if not os.path.isdir(t1):
+        continue
+    runs += 1
+    caught |= read(f"{t1}/caught.txt")
+    timeout |= read(f"{t1}/timeout.txt")
+    unviable |= read(f"{t1}/unviable.txt")
+    # Tier 2 re-tests tier 1's misses only (its output also lists the other mutants it was told
+    # to skip, as caught: those are not its results). A tier-1 miss stands unless tier 2 caught
+    # it, so an interrupted tier 2 leaves the mutants it did not reach missed, not uncounted.
+    m1 = read(f"{t1}/missed.txt")
+    missed |= m1
+    caught |= read(f"{t2}/caught.txt") & m1
+    timeout |= read(f"{t2}/timeout.txt") & m1
 if runs == 0:
     sys.exit("mutants: no finished run under " + " ".join(sys.argv[1:]))
 missed -= caught | timeout
@@ -107,11 +111,20 @@ echo "tier 1 took $(( $(date +%s) - start )) s"
 
 if [ -z "${MUTANTS_TIER1_ONLY:-}" ] && [ -s "$out/tier1/mutants.out/missed.txt" ]; then
   echo "== tier 2: the $(wc -l < "$out/tier1/mutants.out/missed.txt") mutants tier 1 missed, against the behaviour suite"
-  # --iterate skips what its output dir lists as caught or unviable: seed it with tier 1's results
-  # (timeouts too: detected already).
+  # Exactly tier 1's misses: --iterate skips every mutant its output dir lists as caught, so it
+  # is told that every other mutant of the crate is. (Not --shard with --iterate: that shards the
+  # not-yet-caught mutants anew, a different set; not --re: cargo-mutants 27 lets "delete field"
+  # mutants through any --re.) Checked against cargo-mutants' own listing before anything runs.
   mkdir -p "$out/tier2/mutants.out"
-  cat "$out/tier1/mutants.out/caught.txt" "$out/tier1/mutants.out/timeout.txt" 2>/dev/null > "$out/tier2/mutants.out/caught.txt" || true
-  cp "$out/tier1/mutants.out/unviable.txt" "$out/tier2/mutants.out/unviable.txt" 2>/dev/null || true
+  cargo mutants -p services --list 2>/dev/null | sort >"$out/tier2/all-mutants.txt"
+  sort "$out/tier1/mutants.out/missed.txt" >"$out/tier2/targets.txt"
+  comm -23 "$out/tier2/all-mutants.txt" "$out/tier2/targets.txt" >"$out/tier2/mutants.out/caught.txt"
+  : >"$out/tier2/mutants.out/unviable.txt"
+  listed=$(cargo mutants -p services --list --iterate --output "$out/tier2" 2>/dev/null | sort)
+  if [ "$listed" != "$(cat "$out/tier2/targets.txt")" ]; then
+    echo "mutants: tier 2 would not test exactly tier 1's misses; it lists:"; echo "$listed" | sed 's/^/  /'
+    echo "mutants: 0 passed, 1 failed"; exit 1
+  fi
   # cargo-mutants' own baseline would run the mutated package's tests (services), not the suite:
   # run the unmutated suite here instead (a broken environment must not pass for caught mutants),
   # and give each mutant 3x its time (at least 5 min) before calling it a timeout.
@@ -124,7 +137,7 @@ if [ -z "${MUTANTS_TIER1_ONLY:-}" ] && [ -s "$out/tier1/mutants.out/missed.txt" 
   took=$(( $(date +%s) - t2 )); timeout=$(( took * 3 > 300 ? took * 3 : 300 ))
   echo "tier 2 baseline passed in $took s; timeout per mutant $timeout s"
   rc=0
-  cargo mutants "${common[@]}" --iterate --baseline=skip --timeout "$timeout" \
+  cargo mutants -p services --in-place --no-shuffle --iterate --baseline=skip --timeout "$timeout" \
     --test-package steps --cargo-test-arg=--test=cucumber \
     --output "$out/tier2" >"$out/tier2.log" 2>&1 || rc=$?
   grep -E "$shown" "$out/tier2.log" || true

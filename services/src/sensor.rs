@@ -185,6 +185,16 @@ mod tests {
         assert_eq!((samples.len(), rate, ch), (1600, 16_000, 1));
     }
 
+    // Consecutive synthetic chunks are one continuous signal (the DSP of a chunk whose phase
+    // jumps at its start sees a click, not the tone); 440 Hz is not whole periods in 10 ms.
+    #[test]
+    fn synthetic_chunks_continue_one_signal() {
+        let signal = Signal::Sine { frequency_hz: 440.0, amplitude: 0.5 };
+        let src = Source::Synthetic(signal);
+        let joined: Vec<f32> = (0..4).flat_map(|seq| src.chunk(seq, 16_000, 10).0).collect();
+        assert_eq!(joined, signal.render(16_000, 1, 0, 640));
+    }
+
     #[test]
     fn wav_chunks_loop_over_the_file() {
         let src = Source::Wav { samples: (0..10).map(|i| i as f32 / 10.0).collect(), sample_rate: 8000, channels: 2 };

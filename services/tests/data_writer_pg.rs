@@ -87,10 +87,14 @@ async fn fault_hook_drops_the_constraint_and_restoring_reports_duplicates() {
     assert_eq!(db::insert_batch(&c, std::slice::from_ref(&a), true).await.unwrap(), 1);
     assert_eq!(db::count_by_id(&c, a.message_id()).await.unwrap(), 2);
     let err = db::set_idempotency(&c, db::Idempotency::FULL).await.unwrap_err();
-    assert!(err.to_string().contains("UNIQUE"), "{err}");
+    assert!(err.to_string().contains("UNIQUE(message_id)"), "{err}");
     c.execute("DELETE FROM features WHERE id = (SELECT max(id) FROM features)", &[]).await.unwrap();
     db::set_idempotency(&c, db::Idempotency::FULL).await.unwrap();
-    assert_eq!(db::insert_batch(&c, &[a], false).await.unwrap(), 0);
+    assert_eq!(db::insert_batch(&c, std::slice::from_ref(&a), false).await.unwrap(), 0);
+    // UNIQUE(message_id) itself is back, not only the (source, type) backstop: the same message id
+    // on another chunk is refused too.
+    let other_chunk = services::contract::FeatureA { message_id: a.message_id(), ..feature_a("s-1", 2, t("2024-01-01T00:00:01Z")) };
+    assert_eq!(db::insert_batch(&c, &[AnyFeature::A(other_chunk)], false).await.unwrap(), 0, "UNIQUE(message_id) restored");
     drop(c);
     scratch.cleanup().await;
 }

@@ -72,3 +72,33 @@ async fn chunks_are_persistent_gapless_and_spaced_by_their_duration() {
     );
     scratch.cleanup().await;
 }
+
+// Supervisors (the adapter, `pipeline live`, the harness) learn that a component is up from its
+// one `ready` line on stdout: the sensor binary prints it once, after its first connection.
+#[tokio::test]
+async fn the_sensor_binary_announces_ready_once() {
+    let scratch = Scratch::new().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .arg("sensor")
+        .env_remove("APQ_CONFIG")
+        .env("APQ_AMQP_URL", &scratch.amqp_url)
+        .env("APQ_NAMESPACE", &scratch.namespace)
+        .env("APQ_SENSOR_COUNT", "3")
+        .env("APQ_SENSOR_RATE_PER_SEC", "0")
+        .env("APQ_SENSOR_CHUNK_MS", "10")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), out)
+        .await
+        .expect("the sensor publishes 3 chunks within 20 s")
+        .expect("the pipeline binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}; stderr: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    let ready: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "ready")
+        .collect();
+    assert_eq!(ready.len(), 1, "ready lines on stdout:\n{stdout}");
+    assert_eq!(ready[0]["component"], "sensor", "{stdout}");
+    scratch.cleanup().await;
+}
