@@ -7,6 +7,7 @@
 //!   stop, kill, alarm and restart. The machine's shared broker is never touched.
 //! - [`pg_cluster`]: a private PostgreSQL cluster per run (initdb + pg_ctl) to stop, crash and
 //!   restart. The shared server is never touched.
+//! - [`reap`]: the private servers of a run whose harness was killed are stopped by the next run.
 //!
 //! Private nodes need the server binaries; [`rabbitmq_available`] and [`postgres_available`] say
 //! why not, so scenarios and tests can be skipped with a reason.
@@ -14,6 +15,7 @@
 pub mod pg_cluster;
 pub mod proxy;
 pub mod rabbit_node;
+pub mod reap;
 
 pub use pg_cluster::PrivatePostgres;
 pub use proxy::{FaultChange, FaultEvent, LinkFault, Proxy};
