@@ -109,13 +109,19 @@ mod tests {
         };
         let orphan = dir("apq-chaos-orphan");
         std::fs::write(orphan.join(OWNER_FILE), exited_pid().to_string()).unwrap();
-        // A "server" started from the orphan's directory (`; :` keeps sh from exec-ing sleep,
-        // so the path stays in its arguments).
-        let mut server = Command::new("sh")
-            .args(["-c", "sleep 300; :"])
-            .arg(orphan.join("data"))
+        // A "server" started from the orphan's directory: one process (no child of its own to
+        // outlive the kill) naming a path inside it, its output away from the test's (a stray
+        // holder of cargo's pipe would keep `cargo test` waiting).
+        let data = orphan.join("data");
+        std::fs::write(&data, "").unwrap();
+        let mut server = Command::new("tail")
+            .args(["-f", "-s", "1"])
+            .arg(&data)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("sh runs");
+            .expect("tail runs");
         let mine = dir("apq-chaos-mine");
         claim(&mine).unwrap();
         let unowned = dir("apq-chaos-unowned");
