@@ -93,8 +93,13 @@ async fn fault_hook_drops_the_constraint_and_restoring_reports_duplicates() {
     assert_eq!(db::insert_batch(&c, std::slice::from_ref(&a), false).await.unwrap(), 0);
     // UNIQUE(message_id) itself is back, not only the (source, type) backstop: the same message id
     // on another chunk is refused too.
-    let other_chunk = services::contract::FeatureA { message_id: a.message_id(), ..feature_a("s-1", 2, t("2024-01-01T00:00:01Z")) };
-    assert_eq!(db::insert_batch(&c, &[AnyFeature::A(other_chunk)], false).await.unwrap(), 0, "UNIQUE(message_id) restored");
+    let other_chunk =
+        services::contract::FeatureA { message_id: a.message_id(), ..feature_a("s-1", 2, t("2024-01-01T00:00:01Z")) };
+    assert_eq!(
+        db::insert_batch(&c, &[AnyFeature::A(other_chunk)], false).await.unwrap(),
+        0,
+        "UNIQUE(message_id) restored"
+    );
     drop(c);
     scratch.cleanup().await;
 }

@@ -72,7 +72,8 @@ fn command_lines() -> Vec<(u32, Vec<String>)> {
         .filter(|pid| *pid != std::process::id())
         .filter_map(|pid| {
             let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let args = raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned());
+            let args =
+                raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned());
             Some((pid, args.collect()))
         })
         .collect()
