@@ -13,8 +13,7 @@ passed=0; failed=0
 check() { if eval "$2"; then passed=$((passed + 1)); say "ok   $1"; else failed=$((failed + 1)); say "FAIL $1"; fi; }
 finish() { echo "external-check: $passed passed, $failed failed"; [ "$failed" = 0 ] && [ "$passed" -gt 0 ]; exit $?; }
 
-# --workspace --all-targets: the feature set scripts/test-all.sh built; a subset (-p X) unifies
-# dependency features differently and recompiles them (about a minute each).
+# --workspace: a -p subset would compile the dependencies again (README, "CI time").
 cargo build -q --workspace --all-targets || { failed=1; say "build failed"; finish; }
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 probe="$target/debug/qa-probe"

@@ -32,9 +32,8 @@ finish() { # passed failed status
 }
 
 scripts/infra.sh up >/dev/null 2>&1 || { say "infrastructure did not come up (scripts/infra.sh up)"; finish 0 1 1; }
-# No-ops when scripts/test-all.sh already built the workspace.
-# --workspace --all-targets: the feature set scripts/test-all.sh built; a subset (-p X) unifies
-# dependency features differently and recompiles them (about a minute each).
+# A no-op after scripts/test-all.sh's build; --workspace: a -p subset would compile the
+# dependencies again (README, "CI time").
 cargo build -q --workspace --all-targets || { say "build failed"; finish 0 1 1; }
 
 mkdir -p reports/load

@@ -52,8 +52,7 @@ fi
 
 # ---- a deployment of this run's own
 scripts/infra.sh up >/dev/null 2>&1 || { say "infrastructure did not come up (scripts/infra.sh up)"; finish 0 1 1; }
-# --workspace --all-targets: the feature set scripts/test-all.sh built; a subset (-p X) unifies
-# dependency features differently and recompiles them (about a minute each).
+# --workspace: a -p subset would compile the dependencies again (README, "CI time").
 cargo build -q --workspace --all-targets || { say "build failed"; finish 0 1 1; }
 token="schemathesis-$$"
 livelog="$out/pipeline-live.log"

@@ -67,8 +67,7 @@ touch reports/cargo-test.log.start
 # The steps crate's own checks (vocabulary, tags, design.md) run here; its cucumber binary below.
 # tests/bundle_scope.rs runs the suite's binary (built above) on a fixture whose scenarios fail on purpose.
 # harness/tests/html_report_chromium.rs leaves its screenshot in reports/screenshots/.
-# Every invocation selects the whole workspace (then narrows by target): a -p subset resolves
-# dependency features differently and would compile a second copy of them (~1 min).
+# Each selects the whole workspace, then narrows by target (README, "CI time").
 shots="$PWD/reports/screenshots"
 { cargo test --workspace --lib --bins --test bundle_scope 2>&1 || echo "CARGO-TEST-FAILED"
   QA_SCREENSHOT_DIR="$shots" cargo test --workspace --exclude steps --test '*' 2>&1 || echo "CARGO-TEST-FAILED"

@@ -28,8 +28,7 @@ rm "$work/b/$dropped"
 # Sequential builds into the shared target directory, then concurrent runs.
 t0=$(date +%s)
 for c in a b; do
-  # --workspace: the dependency feature set scripts/test-all.sh built (a -p subset resolves
-  # features differently and recompiles the dependencies); only what the suite needs.
+  # Only what the suite needs; --workspace: a -p subset would compile the dependencies again.
   (cd "$work/$c" && CARGO_TARGET_DIR="$target" cargo test -q --workspace --test cucumber --no-run >"$work/$c.build.log" 2>&1) || { tail -n 30 "$work/$c.build.log"; echo "two-clones: 0 passed, 1 failed"; exit 1; }
 done
 t1=$(date +%s); say "built both clones in $((t1 - t0)) s"
