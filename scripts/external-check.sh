@@ -17,6 +17,9 @@ finish() { echo "external-check: $passed passed, $failed failed"; [ "$failed" = 
 cargo build -q --workspace --all-targets || { failed=1; say "build failed"; finish; }
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 probe="$target/debug/qa-probe"
+# A probe's error is one line: a backtrace (RUST_BACKTRACE set by CI) would push the checks out
+# of the log tail CI shows.
+export RUST_LIB_BACKTRACE=0
 mkdir -p reports/external
 ns="ext-check-$$"
 db="apq_ext_check_$$"
@@ -46,12 +49,16 @@ done
 [ -n "$url" ] || { say "pipeline live did not come up:"; tail -n 20 "$livelog"; failed=1; finish; }
 
 dlq="$ns.audio_stream.dlq"
-"$probe" publish "$dlq" pre-existing-dead-letter '{"put":"in the DLQ before the run"}' || failed=1
-"$probe" publish "$ns.audio_stream" deployment-dead-letter 'not json' || failed=1
+# Mandatory publishes: a queue that does not exist is an error here, not a silent drop.
+check "a dead letter goes straight into the deployment's DLQ" \
+  '"$probe" publish "$dlq" pre-existing-dead-letter "{\"put\":\"in the DLQ before the run\"}"'
+check "a malformed chunk goes to the deployment's work queue" '"$probe" publish "$ns.audio_stream" deployment-dead-letter "not json"'
 for _ in $(seq 1 100); do [ "$("$probe" depth "$dlq" 2>/dev/null)" = 2 ] && break; sleep 0.1; done # the deployment dead-letters asynchronously
 check "the deployment's DLQ holds 2 messages before the run" '[ "$("$probe" depth "$dlq")" = 2 ]'
-psql -q -h 127.0.0.1 -U postgres -d "$db" -c "INSERT INTO features (message_id, feature_type, sensor_id, source_message_id, sequence, captured_at, processed_by, features) VALUES (gen_random_uuid(), 'A', 'staging-sensor', gen_random_uuid(), 0, now(), 'staging', '{}')" \
-  || failed=1
+seed_row() { # a row of a sensor the harness does not own
+  psql -q -h 127.0.0.1 -U postgres -d "$db" -c "INSERT INTO features (message_id, feature_type, sensor_id, source_message_id, sequence, captured_at, processed_by, features) VALUES (gen_random_uuid(), 'A', 'staging-sensor', gen_random_uuid(), 0, now(), 'staging', '{}')"
+}
+check "a row of a sensor that is not the harness's is in the deployment's table" seed_row
 before=$("$probe" rows-outside "no-such-prefix-")
 
 QA_PROFILE=external QA_NAMESPACE="$ns" QA_API_URL="$url" QA_API_TOKEN="$token" QA_REPORT_DIR=reports/external \
@@ -61,6 +68,7 @@ run_id=$(sed -n 's/^harness: run \([0-9a-f]*\) ready.*/\1/p' reports/external/cu
 check "the behaviour suite passes against the deployment (external profile)" '[ "$suite" = 0 ]'
 check "the external run skipped @writes-db and @needs-sut-control with reasons" \
   'grep -q "tagged @writes-db" reports/external/cucumber.log && grep -q "tagged @needs-sut-control" reports/external/cucumber.log'
+say "after the run the DLQ holds $("$probe" depth "$dlq" 2>&1) message(s)"
 check "a dead letter put in the DLQ before the run is still there" '"$probe" holds "$dlq" pre-existing-dead-letter'
 check "a dead letter the deployment made before the run is still there" '"$probe" holds "$dlq" deployment-dead-letter'
 after=$([ -n "$run_id" ] && "$probe" rows-outside "$run_id-")

@@ -21,8 +21,8 @@ took() { local now; now=$(date +%s); timings+=("$1 $((now - part_t0)) s"); part_
 evidence() { # name log [extra log or folder…]
   local name=$1 log=$2 f; shift 2
   failed_parts+=("$name")
-  echo "---- $name failed; last 40 lines of $log:"
-  tail -n 40 "$log" 2>/dev/null | sed 's/^/  | /'
+  echo "---- $name failed; last 40 lines of $log (backtrace frames left out):"
+  grep -vE '^ +[0-9]+: |^ +at |^Stack backtrace:' "$log" 2>/dev/null | tail -n 40 | sed 's/^/  | /'
   for f in "$@"; do
     [ -e "$f" ] || continue
     find "$f" -type f -name '*.log' -newer "$log.start" 2>/dev/null | head -n 12 | while read -r l; do

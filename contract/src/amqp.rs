@@ -20,6 +20,10 @@ pub enum PublishError {
     Broker(#[from] lapin::Error),
     #[error("broker nacked the publish to {0:?}")]
     Nacked(String),
+    #[error(
+        "no queue took the publish to {0:?} (the broker returned it: the queue does not exist or nothing is bound)"
+    )]
+    Unroutable(String),
 }
 
 /// A channel in confirm mode.
@@ -64,6 +68,26 @@ pub async fn publish_confirmed(
         .await?
         .await?;
     if confirm.is_ack() { Ok(()) } else { Err(PublishError::Nacked(format!("{exchange}/{routing_key}"))) }
+}
+
+/// Like [`publish_confirmed`], but `mandatory`: a message no queue takes is an error, not a
+/// silent drop. For a publish to a queue that must exist (the work queue, a DLQ); not for a
+/// fanout, which may rightly have nobody bound yet.
+pub async fn publish_routed(
+    ch: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> Result<(), PublishError> {
+    let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+    let confirm = ch.basic_publish(exchange.into(), routing_key.into(), options, body, props).await?.await?;
+    let target = || format!("{exchange}/{routing_key}");
+    match confirm {
+        lapin::Confirmation::Ack(None) => Ok(()),
+        lapin::Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(target())),
+        _ => Err(PublishError::Nacked(target())),
+    }
 }
 
 /// Reads a string header (long or short string) from AMQP properties.

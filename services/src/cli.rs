@@ -272,16 +272,24 @@ async fn live(
         settings.rest_api.bind = "127.0.0.1:0".into();
     }
     let mut tasks = tokio::task::JoinSet::new();
+    // Each consumer's health, so "up" is printed only once all of them consume (their queues,
+    // DLQs included, are declared by then): a script that publishes on "up" loses nothing.
+    let mut consumers: Vec<(String, Health)> = Vec::new();
     {
         let (s, h, t) = (with_id(&settings, "data-writer-1"), Health::default(), shutdown.clone());
+        consumers.push(("data-writer-1".into(), h.clone()));
         tasks.spawn(async move { crate::data_writer::run(s, h, t).await });
     }
     for i in 1..=algorithm_a {
-        let (s, h, t) = (with_id(&settings, &format!("algorithm-a-{i}")), Health::default(), shutdown.clone());
+        let id = format!("algorithm-a-{i}");
+        let (s, h, t) = (with_id(&settings, &id), Health::default(), shutdown.clone());
+        consumers.push((id, h.clone()));
         tasks.spawn(async move { crate::algorithm_a::run(s, h, t).await });
     }
     for i in 1..=algorithm_b {
-        let (s, h, t) = (with_id(&settings, &format!("algorithm-b-{i}")), Health::default(), shutdown.clone());
+        let id = format!("algorithm-b-{i}");
+        let (s, h, t) = (with_id(&settings, &id), Health::default(), shutdown.clone());
+        consumers.push((id, h.clone()));
         tasks.spawn(async move { crate::algorithm_b::run(s, h, t).await });
     }
     let app = crate::rest_api::build(with_id(&settings, "rest-api-1"), shutdown.clone()).await?;
@@ -301,6 +309,23 @@ async fn live(
                 tracing::error!(error = %e, "sensor stopped");
             }
         });
+    }
+    let waited = std::time::Instant::now();
+    loop {
+        let waiting: Vec<&str> =
+            consumers.iter().filter(|(_, h)| !h.is_connected()).map(|(id, _)| id.as_str()).collect();
+        if waiting.is_empty() {
+            break;
+        }
+        if waited.elapsed() >= LIVE_START_WAIT || shutdown.is_cancelled() {
+            shutdown.cancel();
+            return Err(ServiceError::Other(format!(
+                "not consuming within {} s: {}",
+                LIVE_START_WAIT.as_secs(),
+                waiting.join(", ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling the consumers' health flags
     }
     let token = settings.rest_api.tokens.first().cloned().unwrap_or_default();
     eprintln!(

@@ -51,7 +51,7 @@ impl Publisher {
             MessageKind::AudioChunk.schema_header(),
             &chunk.sensor_id,
         );
-        contract::amqp::publish_confirmed(&self.channel, "", &self.names.audio_stream(), &body, props)
+        contract::amqp::publish_routed(&self.channel, "", &self.names.audio_stream(), &body, props)
             .await
             .with_context(|| format!("publishing chunk {} of {}", chunk.sequence, chunk.sensor_id))
     }

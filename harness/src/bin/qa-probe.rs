@@ -21,7 +21,9 @@ async fn main() -> anyhow::Result<()> {
             let conn = harness::amqp::connect(&var("QA_AMQP_URL")?, "qa-probe").await?;
             let ch = contract::amqp::confirm_channel(&conn).await?;
             let props = contract::amqp::json_properties(id, "audio_chunk/v1", "qa-probe");
-            contract::amqp::publish_confirmed(&ch, "", queue, body.as_bytes(), props).await?;
+            contract::amqp::publish_routed(&ch, "", queue, body.as_bytes(), props)
+                .await
+                .with_context(|| format!("publishing {id} to {queue}"))?;
         }
         ["depth", queue] => {
             let conn = harness::amqp::connect(&var("QA_AMQP_URL")?, "qa-probe").await?;
@@ -37,17 +39,26 @@ async fn main() -> anyhow::Result<()> {
             // look, so the queue keeps all it had (they only come back marked redelivered).
             let mut found = false;
             let mut taken = Vec::new();
-            while let Some(m) = ch.basic_get((*queue).into(), BasicGetOptions { no_ack: false }).await? {
-                found |= m.delivery.properties.message_id().as_ref().is_some_and(|m| m.as_str() == *id);
+            let mut ids = Vec::new();
+            while let Some(m) = ch
+                .basic_get((*queue).into(), BasicGetOptions { no_ack: false })
+                .await
+                .with_context(|| format!("reading {queue} (message {} of it)", taken.len() + 1))?
+            {
+                let mid = m.delivery.properties.message_id().as_ref().map(|m| m.to_string());
+                found |= mid.as_deref() == Some(*id);
+                ids.push(mid.unwrap_or_else(|| "(no message id)".into()));
                 taken.push(m.delivery.delivery_tag);
             }
             for tag in taken {
-                ch.basic_reject(tag, BasicRejectOptions { requeue: true }).await?;
+                ch.basic_reject(tag, BasicRejectOptions { requeue: true }).await.context("putting a message back")?;
             }
             if !found {
-                bail!("{queue} does not hold message {id}");
+                // What was there instead, so a failed check says more than "not found".
+                let shown = ids.iter().take(12).map(String::as_str).collect::<Vec<_>>().join(", ");
+                bail!("{queue} does not hold message {id}: it held {} message(s): {shown}", ids.len());
             }
-            println!("{queue} holds {id}");
+            println!("{queue} holds {id} (among {} message(s))", ids.len());
         }
         ["rows-outside", prefix] => {
             let db = harness::sql::Db::connect(&var("QA_DATABASE_URL")?).await?;
