@@ -41,7 +41,9 @@ async fn private_rabbit_survives_every_verb_and_leaves_nothing_behind() {
         return;
     }
     let run_id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let mut node = PrivateRabbit::start(&std::env::temp_dir(), &run_id).await.expect("private node starts");
+    // A claimed run dir: if this test is killed, the next run's reap stops what it left.
+    let run_dir = faults::reap::fresh_run_dir(&format!("test-{run_id}")).unwrap();
+    let mut node = PrivateRabbit::start(&run_dir, &run_id).await.expect("private node starts");
     eprintln!("private RabbitMQ {} ready in {:?} at {}", node.node(), node.last_start(), node.amqp_url());
     assert_ne!(node.addr().port(), 5672, "must never be the shared broker");
     let dir = node.dir().to_path_buf();
@@ -100,6 +102,7 @@ async fn private_rabbit_survives_every_verb_and_leaves_nothing_behind() {
     let groups_now = node.process_groups();
     node.stop().await.unwrap();
     assert!(!dir.exists(), "{} left behind", dir.display());
+    std::fs::remove_dir_all(&run_dir).unwrap();
     for g in groups.iter().chain(&groups_now) {
         let left = faults::processes_in_group(*g);
         assert!(left.is_empty(), "processes left in group {g}: {left:?}");
@@ -112,7 +115,8 @@ async fn private_postgres_crashes_recovers_and_is_removed() {
         eprintln!("skipped: {why}");
         return;
     }
-    let mut pg = PrivatePostgres::start(&std::env::temp_dir()).await.expect("private cluster starts");
+    let run_dir = faults::reap::fresh_run_dir(&format!("test-pg-{}", uuid::Uuid::new_v4().simple())).unwrap();
+    let mut pg = PrivatePostgres::start(&run_dir).await.expect("private cluster starts");
     eprintln!("private PostgreSQL at {}: initdb {:?}, start {:?}", pg.url(), pg.init_time(), pg.last_start());
     assert_ne!(pg.port(), 5432, "must never be the shared server");
     let dir = pg.dir().to_path_buf();
@@ -143,6 +147,7 @@ async fn private_postgres_crashes_recovers_and_is_removed() {
     pg.stop().await.unwrap();
     assert!(!dir.exists(), "{} left behind", dir.display());
     assert!(!alive(postmaster), "postmaster {postmaster} still runs");
+    std::fs::remove_dir_all(&run_dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +156,8 @@ async fn dropping_a_running_private_postgres_stops_and_removes_it() {
         eprintln!("skipped: {why}");
         return;
     }
-    let pg = PrivatePostgres::start(&std::env::temp_dir()).await.expect("private cluster starts");
+    let run_dir = faults::reap::fresh_run_dir(&format!("test-pg-{}", uuid::Uuid::new_v4().simple())).unwrap();
+    let pg = PrivatePostgres::start(&run_dir).await.expect("private cluster starts");
     let (dir, postmaster) = (pg.dir().to_path_buf(), pg.postmaster_pid().expect("pid file"));
     drop(pg);
     assert!(!dir.exists(), "{} left behind", dir.display());
@@ -161,4 +167,5 @@ async fn dropping_a_running_private_postgres_stops_and_removes_it() {
         assert!(Instant::now() < deadline, "postmaster {postmaster} still runs after drop");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    std::fs::remove_dir_all(&run_dir).unwrap();
 }

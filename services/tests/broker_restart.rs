@@ -36,7 +36,9 @@ async fn no_chunk_is_lost_across_a_broker_restart() {
         return;
     }
     let run_id = format!("restart-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let mut node = PrivateRabbit::start(&std::env::temp_dir(), &run_id).await.expect("a private RabbitMQ node starts");
+    // A claimed run dir: if this test is killed, the next run's reap stops the node it left.
+    let run_dir = harness::faults::reap::fresh_run_dir(&run_id).expect("a run directory");
+    let mut node = PrivateRabbit::start(&run_dir, &run_id).await.expect("a private RabbitMQ node starts");
     eprintln!("private node {} ready in {:?}", node.node(), node.last_start());
     let mut scratch = Scratch::new().await;
     scratch.amqp_url = node.amqp_url();
@@ -106,6 +108,7 @@ async fn no_chunk_is_lost_across_a_broker_restart() {
     let left = node.list_queues().await.unwrap_or_default();
     scratch.cleanup().await;
     node.stop().await.expect("the private node stops");
+    std::fs::remove_dir_all(&run_dir).ok();
     assert!(missing_a.is_empty(), "{} chunks have no Feature A row after the restart: {missing_a:?}", missing_a.len());
     assert!(missing_b.is_empty(), "{} chunks have no Feature B row after the restart: {missing_b:?}", missing_b.len());
     // Drained: nothing stuck ready or unacked in the pipeline's queues once every row is in.

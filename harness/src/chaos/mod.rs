@@ -55,13 +55,8 @@ impl Rig {
     pub async fn start(run_id: &str) -> anyhow::Result<Rig> {
         crate::faults::rabbitmq_available().map_err(anyhow::Error::msg)?;
         crate::faults::postgres_available().map_err(anyhow::Error::msg)?;
-        // Servers left running by a run that was killed (its directory's owner is gone).
-        for orphan in crate::faults::reap::reap_orphans(&std::env::temp_dir(), "apq-chaos-") {
-            eprintln!("harness: stopped the private servers of a killed run ({})", orphan.display());
-        }
-        let dir = std::env::temp_dir().join(format!("apq-chaos-{run_id}"));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        crate::faults::reap::claim(&dir).with_context(|| format!("claiming {}", dir.display()))?;
+        // Also stops the servers a killed run left running (its directory's owner is gone).
+        let dir = crate::faults::reap::fresh_run_dir(run_id).context("creating the chaos run's directory")?;
         let started = async {
             let pg = PrivatePostgres::start(&dir).await.context("starting the private PostgreSQL cluster")?;
             let rabbit = PrivateRabbit::start(&dir, run_id).await.context("starting the private RabbitMQ node")?;

@@ -14,6 +14,23 @@ pub fn claim(dir: &Path) -> std::io::Result<()> {
     std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())
 }
 
+/// The prefix of every directory that holds private servers (chaos runs and the tests of the
+/// private nodes), so one reap covers them all.
+pub const RUN_DIR_PREFIX: &str = "apq-chaos-";
+
+/// A fresh run directory `<temp>/apq-chaos-<name>`, claimed by this process, after the servers
+/// of killed runs' directories are stopped (each is named on stderr).
+pub fn fresh_run_dir(name: &str) -> std::io::Result<PathBuf> {
+    let temp = std::env::temp_dir();
+    for orphan in reap_orphans(&temp, RUN_DIR_PREFIX) {
+        eprintln!("harness: stopped the private servers of a killed run ({})", orphan.display());
+    }
+    let dir = temp.join(format!("{RUN_DIR_PREFIX}{name}"));
+    std::fs::create_dir_all(&dir)?;
+    claim(&dir)?;
+    Ok(dir)
+}
+
 /// Reaps every directory in `parent` whose name starts with `prefix` and whose owner has exited;
 /// returns the directories reaped.
 pub fn reap_orphans(parent: &Path, prefix: &str) -> Vec<PathBuf> {
