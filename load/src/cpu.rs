@@ -40,6 +40,12 @@ pub struct CpuUsage {
 }
 
 impl CpuMeter {
+    /// CPU seconds (user + system) of this process so far.
+    pub fn process_cpu_secs() -> f64 {
+        let (u, s) = cpu_seconds();
+        u + s
+    }
+
     /// Starts measuring now.
     pub fn start() -> Self {
         CpuMeter { start_cpu: cpu_seconds(), start_wall: Instant::now() }

@@ -20,6 +20,7 @@ pub mod dist;
 pub mod localapi;
 pub mod pipeline;
 pub mod plots;
+pub mod proc_cpu;
 pub mod progress;
 pub mod publish;
 pub mod reconcile;

@@ -72,6 +72,8 @@ struct Env {
     infra: Infra,
     /// Where reports go.
     out: PathBuf,
+    /// CPU of the idle pipeline (set before the burst), taken off the phases' per-chunk figures.
+    idle_cpu: Mutex<Option<crate::proc_cpu::Breakdown>>,
 }
 
 /// Prints a progress line with the time since `t0`.
@@ -107,7 +109,18 @@ impl Env {
             Processes::new(vec![infra.services_bin.display().to_string()], env, out.join("sut-logs"), &namespace)?;
         // The tap declares the fanouts, so it must exist before anything is published.
         let tap = Tap::start(&infra.amqp_url, &names, harness::amqp::Topology::Owned).await?;
-        Ok(Env { run_id, names, conn, tap, procs, db, db_name, infra: infra.clone(), out: out.to_path_buf() })
+        Ok(Env {
+            run_id,
+            names,
+            conn,
+            tap,
+            procs,
+            db,
+            db_name,
+            infra: infra.clone(),
+            out: out.to_path_buf(),
+            idle_cpu: Mutex::new(None),
+        })
     }
 
     async fn teardown(self) {
@@ -119,6 +132,11 @@ impl Env {
         if let Err(e) = harness::sql::drop_database(&self.infra.admin_db_url, &self.db_name).await {
             eprintln!("load: warning: could not drop run database {}: {e:#}", self.db_name);
         }
+    }
+
+    /// CPU so far of the run's processes, the shared servers and this process.
+    fn cpu(&self) -> crate::proc_cpu::Snapshot {
+        crate::proc_cpu::snapshot(&self.procs.pids(), &self.names.namespace)
     }
 
     fn prefix(&self, phase: &str) -> String {
@@ -444,12 +462,37 @@ async fn phases(env: &Env, sla: &Sla, report: &mut RunReport, t0: Instant) -> an
         let port = env.procs.http_port(Component::RestApi).context("the REST API announced no port")?;
         ApiClient::new(&format!("http://127.0.0.1:{port}"), Some(format!("load-{}", env.run_id)))?
     };
+    measure_idle_cpu(env, report, 2.0).await;
     let burst_rate = burst_phase(env, sla, report, t0, timeout, users).await?;
 
     // 5. Paced run: per-hop latency at half load.
     let rate = if wl.latency_rate > 0.0 { wl.latency_rate } else { (burst_rate.unwrap_or(20.0) / 2.0).max(1.0) };
     paced_phase(env, &api, sla, report, t0, timeout, users, rate).await?;
     Ok(())
+}
+
+/// Prints where a phase's CPU went and keeps it in the report (`notes.cpu_per_chunk_<phase>`),
+/// net of the idle pipeline's use when that was measured.
+fn cpu_note(env: &Env, report: &mut RunReport, phase: &str, b: crate::proc_cpu::Breakdown) {
+    let idle = env.idle_cpu.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let b = match idle {
+        Some(idle) => b.net_of(&idle),
+        None => b,
+    };
+    eprint!("{}", b.render(phase));
+    report.notes.insert(format!("cpu_per_chunk_{phase}"), json!(b));
+}
+
+/// The idle pipeline's CPU (every component up, nothing flowing) over `secs`: the baseline the
+/// phases' net per-chunk figures take off (`notes.cpu_idle`).
+async fn measure_idle_cpu(env: &Env, report: &mut RunReport, secs: f64) {
+    let before = env.cpu();
+    // Measuring idle use needs idle time: nothing else to wait for.
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let idle = before.until(&env.cpu(), 0);
+    eprint!("{}", idle.render("idle pipeline (cores are what matters here)"));
+    report.notes.insert("cpu_idle".into(), json!(idle));
+    *env.idle_cpu.lock().unwrap_or_else(PoisonError::into_inner) = Some(idle);
 }
 
 fn push(report: &mut RunReport, gate: GateResult) {
@@ -597,6 +640,7 @@ async fn burst_phase(
     let n = sla.workload.burst_chunks;
     let prefix = env.prefix("burst");
     progress(t0, format!("burst: {n} chunks as fast as confirms allow through the whole pipeline"));
+    let cpu0 = env.cpu();
     let sent = env.publish("burst", n, users, None, true).await?;
     report.throughput.push(Throughput {
         name: "burst publish (confirmed)".into(),
@@ -611,6 +655,7 @@ async fn burst_phase(
         Ok(env.db_count(&prefix).await? as u64)
     })
     .await?;
+    cpu_note(env, report, "burst", cpu0.until(&env.cpu(), n));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ids: Vec<Uuid> = sent.sent.iter().map(|s| s.id).collect();
     let recs = reconcile_all(env, "burst", &ids, &prefix).await?;
@@ -755,12 +800,15 @@ async fn paced_phase(
             }
         })
     };
+    let cpu0 = env.cpu();
     let sent = env.publish("paced", n, users, Some(rate), true).await?;
     let done = wait_for(t0, "paced: DB rows (A+B)", 2 * n, timeout, Duration::from_millis(100), || async {
         Ok(seen.lock().unwrap_or_else(PoisonError::into_inner).rows.keys().filter(|k| k.1 == 'A' || k.1 == 'B').count()
             as u64)
     })
     .await;
+    // With the observers' own cost (row poller, API poller, tap) in it: what the box carried.
+    cpu_note(env, report, "paced", cpu0.until(&env.cpu(), n));
     // Keep polling briefly so the last rows' API visibility can be sampled.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
