@@ -63,11 +63,7 @@ pub async fn publish_confirmed(
     body: &[u8],
     props: BasicProperties,
 ) -> Result<(), PublishError> {
-    let confirm = ch
-        .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props)
-        .await?
-        .await?;
-    if confirm.is_ack() { Ok(()) } else { Err(PublishError::Nacked(format!("{exchange}/{routing_key}"))) }
+    publish(ch, exchange, routing_key, body, props, false).await
 }
 
 /// Like [`publish_confirmed`], but `mandatory`: a message no queue takes is an error, not a
@@ -80,10 +76,22 @@ pub async fn publish_routed(
     body: &[u8],
     props: BasicProperties,
 ) -> Result<(), PublishError> {
-    let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+    publish(ch, exchange, routing_key, body, props, true).await
+}
+
+async fn publish(
+    ch: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    props: BasicProperties,
+    mandatory: bool,
+) -> Result<(), PublishError> {
+    let options = BasicPublishOptions { mandatory, ..Default::default() };
     let confirm = ch.basic_publish(exchange.into(), routing_key.into(), options, body, props).await?.await?;
     let target = || format!("{exchange}/{routing_key}");
     match confirm {
+        // A returned message comes only with `mandatory`.
         lapin::Confirmation::Ack(None) => Ok(()),
         lapin::Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(target())),
         _ => Err(PublishError::Nacked(target())),

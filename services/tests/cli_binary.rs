@@ -3,6 +3,8 @@
 //! elsewhere; this is the thin main and `cli::main` around it (a main that returned success
 //! without running anything passed every other test).
 
+mod common;
+
 use std::process::{Command, Output};
 
 fn pipeline(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -56,7 +58,6 @@ fn an_invalid_setting_exits_1_naming_it() {
 // failing: the first line is about the wait, and the process is still running after it.
 #[test]
 fn live_waits_for_a_database_that_is_not_up_yet() {
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     use std::time::{Duration, Instant};
     // Port 9 (discard) on loopback: nothing listens, so every connect is refused at once.
@@ -68,15 +69,7 @@ fn live_waits_for_a_database_that_is_not_up_yet() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the pipeline binary starts");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().expect("stderr is piped");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = common::lines_of(child.stderr.take().expect("stderr is piped"));
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     let waiting = loop {

@@ -30,15 +30,7 @@ fn live(scratch: &Scratch, amqp_url: &str) -> (Child, Receiver<String>) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the pipeline binary starts");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().expect("stderr is piped");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = common::lines_of(child.stderr.take().expect("stderr is piped"));
     (child, rx)
 }
 
