@@ -7,7 +7,8 @@
 //! - [`results_db`]: where workers store their raw results (PostgreSQL);
 //! - [`localapi`]: a private reference API (`pipeline live`) for runs without `--host`;
 //! - [`scale`]: the scaling figure (1, 2, 4 local workers against one API);
-//! - [`waterfall`]: where the paced run's sensor→DB latency went, hop by hop.
+//! - [`waterfall`]: where the paced run's sensor→DB latency went, hop by hop;
+//! - [`proc_cpu`]: where its CPU went, process by process, per chunk.
 //!
 //! The Gherkin step definitions live in the binary (`src/spec/`), so cucumber's step registry
 //! is linked for sure.
