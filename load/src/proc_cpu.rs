@@ -5,7 +5,7 @@
 //! whatever else uses those servers meanwhile; the load runner counts itself. Figures are CPU
 //! time (user + system), which a busy box inflates far less than it inflates latencies.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -21,7 +21,7 @@ pub struct Snapshot {
 }
 
 /// One group's share of a phase.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupCpu {
     /// The group ("algorithm-a" sums its instances).
     pub group: String,
@@ -37,7 +37,7 @@ pub struct GroupCpu {
 }
 
 /// Where a phase's CPU went.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Breakdown {
     /// Chunks the phase processed.
     pub chunks: u64,

@@ -530,6 +530,7 @@ pub fn html_page(r: &RunReport) -> anyhow::Result<String> {
     if let Some(w) = &r.waterfall {
         h.push_str(&waterfall_html(w));
     }
+    h.push_str(&cpu_html(&r.notes));
     if !r.goose_reports.is_empty() {
         h.push_str("<h2>Goose reports</h2>\n<ul>\n");
         for g in &r.goose_reports {
@@ -543,6 +544,47 @@ pub fn html_page(r: &RunReport) -> anyhow::Result<String> {
     }
     h.push_str("</body></html>\n");
     Ok(h)
+}
+
+/// The "CPU per chunk" section: one table per phase the notes hold a breakdown for.
+fn cpu_html(notes: &BTreeMap<String, serde_json::Value>) -> String {
+    let mut h = String::new();
+    let phases = notes.iter().filter_map(|(k, v)| {
+        let phase = k.strip_prefix("cpu_per_chunk_")?;
+        Some((phase, serde_json::from_value::<crate::proc_cpu::Breakdown>(v.clone()).ok()?))
+    });
+    for (phase, b) in phases {
+        if h.is_empty() {
+            h.push_str("<h2>CPU per chunk</h2>\n<p>CPU (user + system) of each process over the phase; the shared broker and database count everything they did meanwhile. \"net\" takes off the idle pipeline's use.</p>\n");
+        }
+        let busy = b.machine_busy.map(|m| format!("{:.0} %", m * 100.0)).unwrap_or_else(|| "?".into());
+        let _ = writeln!(
+            h,
+            "<h3>{}: {} chunks in {:.1} s, machine {busy} busy</h3>\n<table><tr><th>process</th><th>cpu s</th><th>cores</th><th>µs / chunk</th><th>µs / chunk net</th></tr>",
+            xml(phase),
+            b.chunks,
+            b.wall_secs
+        );
+        let net = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
+        for g in &b.groups {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.0}</td><td>{}</td></tr>",
+                xml(&g.group),
+                g.cpu_secs,
+                g.cores,
+                g.us_per_chunk,
+                net(g.net_us_per_chunk)
+            );
+        }
+        let _ = writeln!(
+            h,
+            "<tr><th>all</th><td></td><td></td><th>{:.0}</th><th>{}</th></tr>\n</table>",
+            b.total_us_per_chunk,
+            net(b.total_net_us_per_chunk)
+        );
+    }
+    h
 }
 
 /// The waterfall section: a table of every segment's percentiles and means, and two stacked
@@ -739,6 +781,38 @@ mod tests {
         assert!(h.contains("no over-time plot"));
         assert!(r.failed_gates() == vec!["bad<gate>"]);
         assert!(console_table(&r).contains("FAIL"));
+    }
+
+    #[test]
+    fn html_has_a_cpu_table_per_phase_from_the_notes() {
+        use crate::proc_cpu::{Breakdown, GroupCpu};
+        let mut r = report();
+        let g = |name: &str, us: f64| GroupCpu {
+            group: name.into(),
+            cpu_secs: us * 1e-3,
+            us_per_chunk: us,
+            cores: 0.5,
+            net_us_per_chunk: Some(us - 1.0),
+        };
+        let b = Breakdown {
+            chunks: 1000,
+            wall_secs: 2.0,
+            groups: vec![g("RabbitMQ <shared>", 650.0), g("algorithm-a", 240.0)],
+            total_us_per_chunk: 890.0,
+            total_net_us_per_chunk: Some(888.0),
+            machine_busy: Some(0.95),
+        };
+        r.notes.insert("cpu_per_chunk_burst".into(), serde_json::json!(b));
+        r.notes.insert("cpu_idle".into(), serde_json::json!({"not": "a phase"}));
+        let h = html_page(&r).unwrap();
+        assert_eq!(h.matches("<h2>CPU per chunk</h2>").count(), 1, "{h}");
+        assert!(h.contains("burst: 1000 chunks in 2.0 s, machine 95 % busy"), "{h}");
+        assert!(
+            h.contains("<td>RabbitMQ &lt;shared&gt;</td><td>0.65</td><td>0.50</td><td>650</td><td>649</td>"),
+            "{h}"
+        );
+        assert!(h.contains("<th>890</th><th>888</th>"), "{h}");
+        assert!(!html_page(&report()).unwrap().contains("CPU per chunk"), "no section without breakdowns");
     }
 
     #[test]
